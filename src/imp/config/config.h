@@ -1,0 +1,142 @@
+// The typed run configuration. A YAML file (configs/default.yaml is the
+// reference) is parsed into these structs by load_config(); every field here
+// has exactly one YAML key of the same name, in the section of the same name.
+// Defaults below are the values used when a key is absent.
+#pragma once
+
+#include <array>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace imp {
+
+// Mixture-of-Experts feed-forward layers of the encoder.
+struct MoeConfig {
+  int num_experts = 0;             // experts per MoE layer; 0 = dense encoder
+  int moe_every = 2;               // every N-th layer, counted from the last, is MoE
+  int max_moe_layers = 0;          // at most this many MoE layers; 0 = no limit
+  std::string router = "experts_choose";  // or "token_choice"
+  double capacity_factor = 1.0;    // expert slots = tokens x capacity_factor / experts
+  int top_k = 1;                   // experts per token, token_choice only
+  int group_size = 2048;           // tokens are routed in groups of at most this many
+  double aux_loss_weight = 0.0;    // load-balancing loss weight, token_choice only
+};
+
+// Video and image patch embedder: an image is a clip of `frames` frames.
+struct VisionConfig {
+  int channels = 3;                       // colour channels of the input
+  std::array<int, 3> patch{4, 16, 16};    // patch size in frames x pixels x pixels
+  std::array<int, 3> grid{1, 16, 16};     // patch grid the position embedding is made for
+};
+
+// Audio log-mel spectrogram patch embedder.
+struct AudioConfig {
+  std::array<int, 2> patch{16, 16};       // patch size in mel bands x time frames
+  std::array<int, 2> grid{8, 8};          // patch grid the position embedding is made for
+};
+
+// Text token embedder; the vocabulary size comes from the tokenizer.
+struct TextConfig {
+  int max_len = 16;                       // tokens per text, end-of-text included
+};
+
+struct ModelConfig {
+  std::string preset = "tiny";     // named size, see presets.h; explicit keys override it
+  int d_model = 128;               // width of the encoder
+  int num_layers = 4;
+  int num_heads = 4;
+  int mlp_dim = 512;               // hidden width of each feed-forward layer (and expert)
+  int embed_dim = 128;             // width of the shared contrastive embedding space
+  double temperature_init = 0.1;   // initial NCE temperature (learned afterwards)
+  double max_logit_scale = 100.0;  // cap on 1 / temperature
+  MoeConfig moe;
+  VisionConfig vision;
+  AudioConfig audio;
+  TextConfig text;
+};
+
+// Where the SentencePiece model comes from.
+struct TokenizerConfig {
+  std::string model;               // path to a .model file; empty = train one on the captions
+  int vocab_size = 256;            // vocabulary size when training
+};
+
+// A data source. Today one type: "fashion_mnist", the idx files of the
+// Fashion-MNIST release.
+struct DatasetConfig {
+  std::string name;                // referred to by tasks and used in metric names
+  std::string type = "fashion_mnist";
+  std::string root = "/usr/share/datasets/fashion-mnist";  // folder of the *.gz idx files
+  bool hflip = true;               // random horizontal flip of training images
+};
+
+// One AGD task: a dataset, the modalities it feeds and one objective.
+struct TaskConfig {
+  std::string name;
+  std::string dataset;             // a DatasetConfig name
+  std::vector<std::string> modalities;  // e.g. [image] or [image, text]
+  std::string objective;           // softmax_ce, sigmoid_bce or nce
+  std::string text = "caption";    // for nce with text: "caption" or "label" (the class name)
+  int batch_size = 128;
+  double weight = -1.0;            // sampling weight; < 0 = proportional to dataset size
+};
+
+struct OptimizerConfig {
+  double lr = 1e-3;                // peak learning rate
+  double end_lr = 0.0;             // learning rate at the last step
+  int warmup_steps = 100;          // linear warmup from 0 to lr
+  double weight_decay = 0.0;       // decoupled (AdamW) weight decay
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-7;
+  double clip_grad_norm = 1.0;     // global gradient norm cap; 0 = off
+};
+
+struct TrainConfig {
+  int steps = 1000;
+  unsigned long long seed = 0;
+  std::string sampler = "multinomial";  // or "round_robin"
+  int log_every = 50;              // steps between log lines
+  int threads = 0;                 // intra-op threads; 0 = all cores
+  int workers = 2;                 // background threads that prepare batches
+  int prefetch = 2;                // batches kept ready per task
+  std::string dtype = "fp32";      // fp32 or bf16 (autocast; weights stay fp32)
+  OptimizerConfig optimizer;
+};
+
+struct EvalConfig {
+  int batch_size = 500;
+  std::vector<std::string> prompts;     // zero-shot templates, "{}" = class name; empty = built-in
+  std::vector<int> recall_at{1, 5};
+  int linear_probe_examples = 10000;    // training examples the probe is fitted on
+  int linear_probe_steps = 300;         // full-batch optimisation steps of the probe
+};
+
+struct Config {
+  std::string source;              // file the config came from, for messages
+  std::string workdir = "runs/default";
+  std::string cache_dir = "cache"; // prepared data (e.g. the trained tokenizer)
+  ModelConfig model;
+  TokenizerConfig tokenizer;
+  std::vector<DatasetConfig> datasets;
+  std::vector<TaskConfig> tasks;
+  TrainConfig train;
+  EvalConfig eval;
+};
+
+// Parses a YAML file, applies `overrides` ("section.key=value", applied in
+// order after the file) and validates the result. Throws ConfigError naming
+// the file, the key and what is wrong.
+Config load_config(const std::string& path,
+                   const std::vector<std::string>& overrides = {});
+
+// Same as load_config, from YAML text; `source` names it in messages.
+Config parse_config(const std::string& yaml_text, const std::string& source,
+                    const std::vector<std::string>& overrides = {});
+
+// The resolved config as YAML, every key present; parse_config(to_yaml(c))
+// gives back `c`.
+std::string to_yaml(const Config& config);
+
+}  // namespace imp
