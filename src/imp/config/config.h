@@ -41,6 +41,9 @@ struct TextConfig {
   int max_len = 16;                       // tokens per text, end-of-text included
 };
 
+// A parsed config starts from model_preset(preset), and each key given under
+// `model` then replaces one value. The defaults below apply only to a
+// ModelConfig built in code, and they differ from the tiny preset.
 struct ModelConfig {
   std::string preset = "tiny";     // named size, see presets.h; explicit keys override it
   int d_model = 128;               // width of the encoder
@@ -128,6 +131,11 @@ struct Config {
 // Parses a YAML file, applies `overrides` ("section.key=value", applied in
 // order after the file) and validates the result. Throws ConfigError naming
 // the file, the key and what is wrong.
+//
+// An override's value is parsed as YAML, as in train.steps=200,
+// model.vision.patch=[1,7,7] or eval.prompts=["a {}"], and an empty value is
+// the empty string. Entries of `tasks` and `datasets` are addressed by name
+// or by index, as in tasks.fmnist_cls.batch_size=64 or tasks.0.batch_size=64.
 Config load_config(const std::string& path,
                    const std::vector<std::string>& overrides = {});
 
