@@ -1,0 +1,121 @@
+#include "imp/moe/moe_layer.h"
+
+#include <cmath>
+
+namespace imp {
+
+namespace {
+
+void uniform_fan_in(torch::Tensor& parameter, int64_t fan_in) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  parameter.uniform_(-bound, bound);
+}
+
+}  // namespace
+
+MoeLayerImpl::MoeLayerImpl(int64_t d_model, int64_t mlp_dim, const MoeConfig& config)
+    : config_(config) {
+  TORCH_CHECK(d_model >= 1 && mlp_dim >= 1, "MoE layer needs d_model >= 1 and mlp_dim >= 1, got ",
+              d_model, " and ", mlp_dim);
+  TORCH_CHECK(config.group_size >= 1, "moe.group_size must be >= 1, got ", config.group_size);
+  TORCH_CHECK(config.capacity_factor > 0, "moe.capacity_factor must be positive, got ",
+              config.capacity_factor);
+  TORCH_CHECK(
+      config.router != "token_choice" || (config.top_k >= 1 && config.top_k <= config.num_experts),
+      "moe.top_k must be in [1, num_experts = ", config.num_experts, "], got ", config.top_k);
+
+  router = register_module("router", Router(d_model, config));
+  const int64_t num_experts = config.num_experts;
+  fc1_weight = register_parameter("fc1_weight", torch::empty({num_experts, d_model, mlp_dim}));
+  fc1_bias = register_parameter("fc1_bias", torch::empty({num_experts, 1, mlp_dim}));
+  fc2_weight = register_parameter("fc2_weight", torch::empty({num_experts, mlp_dim, d_model}));
+  fc2_bias = register_parameter("fc2_bias", torch::empty({num_experts, 1, d_model}));
+  reset_parameters();
+}
+
+void MoeLayerImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  router->reset_parameters();
+  const int64_t d_model = fc1_weight.size(1), mlp_dim = fc1_weight.size(2);
+  uniform_fan_in(fc1_weight, d_model);
+  uniform_fan_in(fc1_bias, d_model);
+  uniform_fan_in(fc2_weight, mlp_dim);
+  uniform_fan_in(fc2_bias, mlp_dim);
+}
+
+torch::Tensor MoeLayerImpl::run_experts(const torch::Tensor& expert_in) {
+  // Outside autocast, bf16 tokens meeting float32 weights are cast to float32.
+  // Inside autocast, baddbmm casts both to bf16 anyway.
+  torch::Tensor in = expert_in.to(fc1_weight.scalar_type());
+  torch::Tensor hidden = torch::gelu(torch::baddbmm(fc1_bias, in, fc1_weight));  // [E, G*C, M]
+  return torch::baddbmm(fc2_bias, hidden, fc2_weight);                           // [E, G*C, D]
+}
+
+MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  const int64_t d_model = fc1_weight.size(1);
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == d_model,
+              "MoE input must be [B, N, D] with D = ", d_model, ", got ", x.sizes());
+  const int64_t batch = x.size(0), length = x.size(1), num_tokens = batch * length;
+  if (mask.defined()) {
+    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == length,
+                "MoE mask must be [B, N] = [", batch, ", ", length, "], got ", mask.sizes());
+    TORCH_CHECK(mask.scalar_type() == torch::kBool, "MoE mask must be bool, got ",
+                mask.scalar_type());
+    TORCH_CHECK(mask.device() == x.device(), "MoE mask is on ", mask.device(),
+                " but the input is on ", x.device());
+  }
+
+  const int64_t num_experts = fc1_weight.size(0);
+  MoeOutput out;
+  if (num_tokens == 0) {
+    out.y = torch::zeros_like(x);
+    out.aux_loss = torch::zeros({}, x.options().dtype(torch::kFloat));
+    out.metrics.tokens_per_expert = torch::zeros({num_experts}, torch::kLong);
+    return out;
+  }
+
+  // Group: T tokens become G groups of S slots, the tail padded with masked
+  // zero tokens.
+  const int64_t num_groups = (num_tokens + config_.group_size - 1) / config_.group_size;
+  const int64_t group_size = (num_tokens + num_groups - 1) / num_groups;
+  const int64_t padding = num_groups * group_size - num_tokens;
+  torch::Tensor x_flat = x.reshape({num_tokens, d_model});  // [T, D]
+  torch::Tensor valid = mask.defined() ? mask.reshape({num_tokens})
+                                       : torch::ones({num_tokens}, x.options().dtype(torch::kBool));
+  if (padding > 0) {
+    x_flat = torch::constant_pad_nd(x_flat, {0, 0, 0, padding});  // [G*S, D]
+    valid = torch::constant_pad_nd(valid, {0, padding}, 0);       // [G*S]
+  }
+  valid = valid.view({num_groups, group_size});  // [G, S]
+
+  // Route.
+  RoutingPlan plan = router->route(x_flat.view({num_groups, group_size, d_model}), valid);
+  const int64_t num_slots = plan.token_index.size(1);  // G*C
+  TORCH_CHECK(plan.token_index.size(0) == num_experts && num_slots == num_groups * plan.capacity,
+              "routing plan must be [E, G*C] = [", num_experts, ", ", num_groups * plan.capacity,
+              "], got ", plan.token_index.sizes());
+  torch::Tensor slot_rows = plan.token_index.reshape({num_experts * num_slots});  // [E*G*C]
+
+  // Dispatch each slot's token into the expert buffer.
+  torch::Tensor expert_in =
+      x_flat.index_select(0, slot_rows).view({num_experts, num_slots, d_model});  // [E, G*C, D]
+
+  // Experts.
+  torch::Tensor expert_out = run_experts(expert_in);  // [E, G*C, D]
+
+  // Combine: weight every slot by its router probability (0 for dropped
+  // slots) and add it to its token's row.
+  torch::Tensor weighted = expert_out * plan.combine_weight.unsqueeze(-1);  // [E, G*C, D]
+  torch::Tensor y_flat = torch::zeros({num_groups * group_size, d_model}, x.options())
+                             .index_add(0, slot_rows,
+                                        weighted.reshape({num_experts * num_slots, d_model})
+                                            .to(x.scalar_type()));         // [G*S, D]
+  out.y = y_flat.narrow(0, 0, num_tokens).view({batch, length, d_model});  // [B, N, D]
+
+  // Metrics.
+  out.aux_loss = plan.aux_loss.to(torch::kFloat);
+  out.metrics = compute_routing_metrics(plan, valid);
+  return out;
+}
+
+}  // namespace imp

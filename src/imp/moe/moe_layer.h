@@ -1,0 +1,79 @@
+// Mixture-of-Experts feed-forward layer: a learned router sends each token to
+// a few of E GELU MLP experts and adds their outputs back, weighted by the
+// router probabilities.
+//
+// Dimension letters:
+//   B  batch
+//   N  tokens per example
+//   T  tokens in the batch, B*N
+//   D  d_model
+//   M  mlp_dim, hidden width of each expert
+//   E  experts
+//   G  groups, ceil(T / group_size)
+//   S  group size, ceil(T / G) token slots per group
+//   C  capacity, slots per expert and group (k for experts_choose)
+#pragma once
+
+#include <cstdint>
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include "imp/config/config.h"
+#include "imp/moe/router.h"
+
+namespace imp {
+
+struct MoeOutput {
+  torch::Tensor y;         // [B, N, D], the dtype of the input x
+  torch::Tensor aux_loss;  // scalar float32, unweighted; 0 for experts_choose
+  RoutingMetrics metrics;
+};
+
+// MoE layer with E experts, each Linear(D, M) -> GELU -> Linear(M, D) with
+// biases. The experts' weights are stacked along a leading E axis and run as
+// batched matmuls over a [E, G*C, D] buffer of dispatched tokens.
+//
+// The T = B*N tokens are flattened and split into G groups of S slots; the
+// last group is padded with masked slots, so S*G - T < G slots are padding.
+// Routing (MoeConfig::router) happens within each group:
+//   experts_choose  every expert takes its top-k tokens, see route_experts_choose
+//   token_choice    every token takes its top_k experts, see route_token_choice
+// A token's output is the sum over the experts that processed it of
+// probability * expert(x). Masked and padded tokens, and tokens no expert
+// took, get zero output.
+//
+// Precision: the router always runs in float32 (see RouterImpl). The expert
+// matmuls follow autocast, so they run in bf16 inside an AutocastScope, and
+// y is returned in x's dtype to keep the residual stream's precision.
+class MoeLayerImpl : public torch::nn::Module {
+ public:
+  MoeLayerImpl(int64_t d_model, int64_t mlp_dim, const MoeConfig& config);
+
+  // Draws all weights like torch::nn::Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  // for weights and biases alike, fan_in = D for fc1 and the router, M for fc2.
+  void reset_parameters();
+
+  // x: [B, N, D]; mask: [B, N] bool, true = real token, or undefined when all
+  // tokens are real. Synchronises with the device once, for the metrics.
+  MoeOutput forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+  const MoeConfig& config() const { return config_; }
+  int64_t num_experts() const { return fc1_weight.size(0); }
+
+  Router router{nullptr};
+  torch::Tensor fc1_weight;  // [E, D, M]
+  torch::Tensor fc1_bias;    // [E, 1, M]
+  torch::Tensor fc2_weight;  // [E, M, D]
+  torch::Tensor fc2_bias;    // [E, 1, D]
+
+ private:
+  // Runs every expert on its slots: [E, G*C, D] -> [E, G*C, D].
+  torch::Tensor run_experts(const torch::Tensor& expert_in);
+
+  MoeConfig config_;
+};
+TORCH_MODULE(MoeLayer);
+
+}  // namespace imp

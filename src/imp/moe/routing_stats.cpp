@@ -1,0 +1,86 @@
+#include "imp/moe/routing_stats.h"
+
+#include <numeric>
+#include <utility>
+
+namespace imp {
+
+std::vector<double> RoutingCounts::expert_share() const {
+  const int64_t total =
+      std::accumulate(tokens_per_expert.begin(), tokens_per_expert.end(), int64_t{0});
+  std::vector<double> share(tokens_per_expert.size(), 0.0);
+  if (total == 0) return share;
+  for (size_t e = 0; e < share.size(); ++e) {
+    share[e] = static_cast<double>(tokens_per_expert[e]) / static_cast<double>(total);
+  }
+  return share;
+}
+
+void RoutingStats::add(int layer, const std::string& modality, const RoutingMetrics& metrics) {
+  TORCH_CHECK(metrics.tokens_per_expert.defined() && metrics.tokens_per_expert.dim() == 1,
+              "routing metrics of layer ", layer, " (", modality,
+              ") need tokens_per_expert of shape [E]");
+  torch::Tensor per_expert = metrics.tokens_per_expert.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t num_experts = per_expert.size(0);
+
+  RoutingCounts& counts = counts_[layer][modality];
+  if (counts.num_passes == 0) {
+    counts.tokens_per_expert.assign(num_experts, 0);
+  }
+  TORCH_CHECK(static_cast<int64_t>(counts.tokens_per_expert.size()) == num_experts, "layer ", layer,
+              " (", modality, ") was counted with ", counts.tokens_per_expert.size(),
+              " experts before and now reports ", num_experts);
+
+  const int64_t* data = per_expert.data_ptr<int64_t>();
+  for (int64_t e = 0; e < num_experts; ++e) counts.tokens_per_expert[e] += data[e];
+  counts.num_tokens += metrics.num_tokens;
+  counts.dropped_tokens += metrics.dropped_tokens;
+  counts.num_passes += 1;
+}
+
+std::vector<int> RoutingStats::layers() const {
+  std::vector<int> result;
+  for (const auto& entry : counts_) result.push_back(entry.first);
+  return result;
+}
+
+std::vector<std::string> RoutingStats::modalities(int layer) const {
+  std::vector<std::string> result;
+  auto it = counts_.find(layer);
+  if (it == counts_.end()) return result;
+  for (const auto& entry : it->second) result.push_back(entry.first);
+  return result;
+}
+
+const RoutingCounts* RoutingStats::find(int layer, const std::string& modality) const {
+  auto layer_it = counts_.find(layer);
+  if (layer_it == counts_.end()) return nullptr;
+  auto modality_it = layer_it->second.find(modality);
+  return modality_it == layer_it->second.end() ? nullptr : &modality_it->second;
+}
+
+nlohmann::json RoutingStats::to_json() const {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& [layer, by_modality] : counts_) {
+    nlohmann::json modalities = nlohmann::json::object();
+    for (const auto& [modality, counts] : by_modality) {
+      const double dropped_fraction =
+          counts.num_tokens > 0 ? static_cast<double>(counts.dropped_tokens) / counts.num_tokens
+                                : 0.0;
+      modalities[modality] = {
+          {"tokens_per_expert", counts.tokens_per_expert},
+          {"expert_share", counts.expert_share()},
+          {"num_tokens", counts.num_tokens},
+          {"dropped_tokens", counts.dropped_tokens},
+          {"dropped_fraction", dropped_fraction},
+          {"num_passes", counts.num_passes},
+      };
+    }
+    nlohmann::json entry = {{"layer", layer}, {"modalities", modalities}};
+    layers.push_back(std::move(entry));
+  }
+  nlohmann::json result = {{"layers", layers}};
+  return result;
+}
+
+}  // namespace imp
