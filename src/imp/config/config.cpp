@@ -964,4 +964,10 @@ std::string to_yaml(const Config& config) {
   return std::string(out.c_str()) + "\n";
 }
 
+std::string string_override(const std::string& key, const std::string& value) {
+  std::string quoted;
+  for (char c : value) quoted += c == '\'' ? std::string("''") : std::string(1, c);
+  return key + "='" + quoted + "'";
+}
+
 }  // namespace imp

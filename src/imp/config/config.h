@@ -143,6 +143,10 @@ Config load_config(const std::string& path,
 Config parse_config(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides = {});
 
+// An override "key='value'" that sets `key` to the string `value` verbatim,
+// quoted so that YAML reads paths with ": ", "#" or a leading "[" as text.
+std::string string_override(const std::string& key, const std::string& value);
+
 // The resolved config as YAML, every key present; parse_config(to_yaml(c))
 // gives back `c`.
 std::string to_yaml(const Config& config);

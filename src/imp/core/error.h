@@ -45,3 +45,13 @@ std::string str_cat(const Args&... args) {
   do {                                                      \
     if (!(cond)) throw ErrorType(::imp::str_cat(__VA_ARGS__)); \
   } while (0)
+
+namespace imp {
+
+// Training cannot go on: a non-finite loss, or a data pipeline failure.
+class TrainingError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace imp

@@ -1,5 +1,7 @@
 #include "imp/moe/router.h"
 
+#include "imp/core/autocast.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -195,7 +197,7 @@ torch::Tensor RouterImpl::forward(const torch::Tensor& x) {
 
   // Autocast would run this matmul in bf16. Excluding its dispatch keys keeps
   // float32 and leaves the caller's autocast state as it is.
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  AutocastOff no_autocast;
   torch::Tensor logits = torch::matmul(x.to(dtype), weight.to(dtype).t());  // [G, S, E]
   return torch::softmax(logits, /*dim=*/-1);
 }

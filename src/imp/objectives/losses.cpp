@@ -1,5 +1,7 @@
 #include "imp/objectives/losses.h"
 
+#include "imp/core/autocast.h"
+
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/nn/functional/normalization.h>
@@ -19,7 +21,7 @@ torch::Tensor cosine_similarities(const torch::Tensor& za, const torch::Tensor& 
   namespace F = torch::nn::functional;
   // Autocast would run the matmul in bf16, whose 8-bit mantissa blurs
   // similarities that the logit scale (up to 100) then magnifies.
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  AutocastOff no_autocast;
   torch::Tensor za_n =
       F::normalize(za.to(torch::kFloat), F::NormalizeFuncOptions().dim(1));  // [B, P]
   torch::Tensor zb_n =

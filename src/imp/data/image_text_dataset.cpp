@@ -1,0 +1,64 @@
+#include "imp/data/image_text_dataset.h"
+
+#include "imp/core/error.h"
+#include "imp/data/fashion_mnist.h"
+
+namespace imp {
+
+std::shared_ptr<const ImageTextDataset> ImageTextDataset::load(const DatasetConfig& config,
+                                                               bool train) {
+  IMP_REQUIRE(ConfigError, config.type == "fashion_mnist", "dataset '", config.name,
+              "' has type '", config.type, "'; the only supported type is fashion_mnist");
+  ImageClassData data = load_fashion_mnist(config.root, train);
+  return std::make_shared<const ImageTextDataset>(config.name, data.images, data.labels,
+                                                  data.class_names, train && config.hflip);
+}
+
+ImageTextDataset::ImageTextDataset(std::string name, at::Tensor images, at::Tensor labels,
+                                   std::vector<std::string> class_names, bool hflip)
+    : name_(std::move(name)),
+      images_(images.contiguous()),
+      labels_(labels.to(at::kLong).contiguous()),
+      labels_ptr_(labels_.data_ptr<int64_t>()),
+      class_names_(std::move(class_names)),
+      hflip_(hflip) {
+  TORCH_CHECK(images_.dim() == 3 && images_.scalar_type() == at::kByte,
+              "images must be [N, H, W] uint8, got ", images_.sizes(), " ", images_.scalar_type());
+  TORCH_CHECK(images_.size(0) == labels_.size(0), "dataset '", name_, "' has ", images_.size(0),
+              " images but ", labels_.size(0), " labels");
+  attributes_.reserve(images_.size(0));
+  for (int64_t i = 0; i < images_.size(0); ++i) attributes_.push_back(image_attributes(images_[i]));
+}
+
+at::Tensor ImageTextDataset::images(const std::vector<int64_t>& indices,
+                                    const std::vector<bool>& flip) const {
+  const int64_t B = static_cast<int64_t>(indices.size());
+  const int64_t H = images_.size(1), W = images_.size(2);
+  at::Tensor out = at::empty({B, 1, 1, H, W}, at::kFloat);
+  const uint8_t* src = images_.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const uint8_t* image = src + indices[b] * H * W;
+    const bool mirror = !flip.empty() && flip[b];
+    for (int64_t y = 0; y < H; ++y) {
+      for (int64_t x = 0; x < W; ++x) {
+        const uint8_t value = image[y * W + (mirror ? W - 1 - x : x)];
+        *dst++ = value * (2.0f / 255.0f) - 1.0f;
+      }
+    }
+  }
+  return out;
+}
+
+at::Tensor ImageTextDataset::labels(const std::vector<int64_t>& indices) const {
+  at::Tensor out = at::empty({static_cast<int64_t>(indices.size())}, at::kLong);
+  int64_t* dst = out.data_ptr<int64_t>();
+  for (int64_t index : indices) *dst++ = labels_ptr_[index];
+  return out;
+}
+
+std::string ImageTextDataset::caption(int64_t index, uint64_t variant) const {
+  return make_caption(class_names_[labels_ptr_[index]], attributes_[index], variant);
+}
+
+}  // namespace imp

@@ -1,0 +1,27 @@
+// Multi-head self-attention with an optional key padding mask.
+//
+// Dimension letters: B batch, N tokens, D d_model, H heads, K head width.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+namespace imp {
+
+class SelfAttentionImpl : public torch::nn::Module {
+ public:
+  SelfAttentionImpl(int64_t d_model, int64_t num_heads);
+
+  // x: [B, N, D]; mask: [B, N] bool, true = real token, or undefined when
+  // every token is real. Padded tokens are never attended to. Returns [B, N, D].
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+
+ private:
+  int64_t num_heads_;
+  torch::nn::Linear qkv_{nullptr};
+  torch::nn::Linear out_{nullptr};
+};
+TORCH_MODULE(SelfAttention);
+
+}  // namespace imp

@@ -1,0 +1,87 @@
+// The shared pre-norm Transformer encoder. Every modality's tokens go through
+// the same blocks; some blocks have a Mixture-of-Experts feed-forward layer.
+//
+// Dimension letters: B batch, N tokens, D d_model, M mlp_dim.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include "imp/config/config.h"
+#include "imp/model/attention.h"
+#include "imp/moe/moe_layer.h"
+
+namespace imp {
+
+class RoutingStats;
+
+// Whether encoder layer `layer` (0-based) has an MoE feed-forward layer: MoE
+// layers sit at the end of the encoder, every moe_every-th layer counted from
+// the last one, at most max_moe_layers of them (0 = no limit).
+bool is_moe_layer(const ModelConfig& config, int layer);
+
+// Dense GELU feed-forward layer D -> M -> D.
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t d_model, int64_t mlp_dim);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+struct BlockOutput {
+  torch::Tensor x;         // [B, N, D]
+  torch::Tensor aux_loss;  // scalar; undefined for dense blocks
+  RoutingMetrics routing;  // filled by MoE blocks only
+};
+
+// x + attention(LN(x)), then x + ffn(LN(x)). The residual stream stays in
+// float32 under bf16 autocast, so LayerNorm always sees float32 input.
+class EncoderBlockImpl : public torch::nn::Module {
+ public:
+  EncoderBlockImpl(const ModelConfig& config, bool moe);
+  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& mask);
+  bool is_moe() const { return !moe_.is_empty(); }
+
+ private:
+  torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
+  SelfAttention attention_{nullptr};
+  Mlp mlp_{nullptr};
+  MoeLayer moe_{nullptr};
+};
+TORCH_MODULE(EncoderBlock);
+
+struct EncoderOutput {
+  torch::Tensor hidden;    // [B, N, D], after the final LayerNorm
+  torch::Tensor aux_loss;  // scalar sum of the MoE layers' auxiliary losses (0 if none)
+};
+
+class EncoderImpl : public torch::nn::Module {
+ public:
+  explicit EncoderImpl(const ModelConfig& config);
+
+  // tokens: [B, N, D]; mask: [B, N] bool (true = real token) or undefined.
+  // When `stats` is given, each MoE layer's routing is added to it under
+  // `modality`.
+  EncoderOutput forward(const torch::Tensor& tokens, const torch::Tensor& mask,
+                        const std::string& modality, RoutingStats* stats);
+
+  // Encoder layer index of each MoE block, in order.
+  const std::vector<int>& moe_layers() const { return moe_layers_; }
+
+ private:
+  std::vector<EncoderBlock> blocks_;
+  torch::nn::LayerNorm final_ln_{nullptr};
+  std::vector<int> moe_layers_;
+};
+TORCH_MODULE(Encoder);
+
+}  // namespace imp
