@@ -1,0 +1,131 @@
+#include "imp/train/run.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+
+#include "imp/core/error.h"
+#include "imp/eval/evaluator.h"
+#include "imp/train/trainer.h"
+
+namespace imp {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Writes `text` to `path` through a temporary file and a rename, so that a
+// crash never leaves a half-written file in place of a good one.
+void write_file_atomically(const fs::path& path, const std::string& text) {
+  const fs::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    IMP_REQUIRE(TrainingError, out.good(), "cannot write ", temporary.string(),
+                "; check that the run directory is writable");
+    out << text;
+    out.flush();
+    IMP_REQUIRE(TrainingError, out.good(), "writing ", temporary.string(), " failed (disk full?)");
+  }
+  fs::rename(temporary, path);
+}
+
+void write_metrics(const fs::path& path, const std::map<std::string, double>& metrics) {
+  nlohmann::json object(metrics);
+  write_file_atomically(path, object.dump(2) + "\n");
+}
+
+std::map<std::string, double> read_metrics(const fs::path& path) {
+  std::map<std::string, double> metrics;
+  std::ifstream in(path);
+  if (!in) return metrics;
+  nlohmann::json object = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!object.is_object()) return metrics;
+  for (const auto& [key, value] : object.items()) {
+    if (value.is_number()) metrics[key] = value.get<double>();
+  }
+  return metrics;
+}
+
+int64_t count_parameters(ImpModel& model) {
+  int64_t total = 0;
+  for (const auto& parameter : model->parameters()) total += parameter.numel();
+  return total;
+}
+
+}  // namespace
+
+std::map<std::string, double> run_train(const Config& config) {
+  const fs::path workdir(config.workdir);
+  fs::create_directories(workdir);
+  write_file_atomically(workdir / "config.yaml", to_yaml(config));
+
+  Trainer trainer(config);
+  std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %d threads, %s\n",
+              config.model.preset.c_str(), static_cast<long long>(count_parameters(trainer.model())),
+              trainer.model()->encoder()->moe_layers().size(), trainer.device().str().c_str(),
+              torch::get_num_threads(), config.train.dtype.c_str());
+  TrainSummary summary = trainer.train();
+  std::printf("trained %lld steps in %.1f s (%.1f%% waiting for data)\n",
+              static_cast<long long>(summary.steps), summary.train_seconds,
+              100.0 * summary.data_wait_seconds / std::max(1e-9, summary.train_seconds));
+
+  torch::save(trainer.model(), (workdir / "model.pt").string());
+  // The run directory carries its own tokenizer, so evaluation never depends
+  // on the cache.
+  fs::copy_file(trainer.tokenizer_path(), workdir / "tokenizer.model",
+                fs::copy_options::overwrite_existing);
+  write_file_atomically(workdir / "routing.json",
+                        trainer.model()->routing_stats().to_json().dump(2) + "\n");
+
+  std::map<std::string, double> metrics =
+      evaluate(trainer.model(), config, trainer.tokenizer(), trainer.device());
+  metrics["train_seconds"] = summary.train_seconds;
+  write_metrics(workdir / "eval.json", metrics);
+  print_results(metrics);
+  std::printf("wrote %s\n", (workdir / "eval.json").c_str());
+  return metrics;
+}
+
+std::map<std::string, double> run_eval(const std::string& workdir,
+                                       const std::vector<std::string>& overrides) {
+  const fs::path dir(workdir);
+  const fs::path config_path = dir / "config.yaml";
+  const fs::path weights = dir / "model.pt";
+  IMP_REQUIRE(ConfigError, fs::exists(config_path), "no config.yaml in ", workdir,
+              "; pass the --workdir of a finished `imp train` run");
+  IMP_REQUIRE(ConfigError, fs::exists(weights), "no model.pt in ", workdir,
+              "; the training run did not finish, run `imp train` again");
+  std::vector<std::string> all_overrides = overrides;
+  all_overrides.push_back(string_override("workdir", workdir));
+  if (fs::exists(dir / "tokenizer.model")) {
+    all_overrides.push_back(string_override("tokenizer.model", (dir / "tokenizer.model").string()));
+  }
+  Config config = load_config(config_path.string(), all_overrides);
+
+  std::vector<std::string> class_names;
+  std::map<std::string, int64_t> heads;
+  for (const DatasetConfig& dataset : config.datasets) {
+    auto data = ImageTextDataset::load(dataset, /*train=*/false);
+    class_names.insert(class_names.end(), data->class_names().begin(), data->class_names().end());
+    for (const TaskConfig& task : config.tasks) {
+      if (task.dataset == dataset.name && task.objective != "nce") {
+        heads[dataset.name] = data->num_classes();
+      }
+    }
+  }
+  Tokenizer tokenizer = Tokenizer::load(prepare_tokenizer(config, class_names));
+  ImpModel model(config.model, tokenizer.vocab_size(), heads);
+  torch::load(model, weights.string());
+  const c10::Device device = default_device();
+  model->to(device);
+
+  std::map<std::string, double> metrics = read_metrics(dir / "eval.json");
+  for (const auto& [name, value] : evaluate(model, config, tokenizer, device)) metrics[name] = value;
+  write_metrics(dir / "eval.json", metrics);
+  print_results(metrics);
+  return metrics;
+}
+
+}  // namespace imp

@@ -1,0 +1,72 @@
+// The AGD trainer: every step draws one task, runs forward and backward for
+// that task alone, and takes an optimizer step.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <c10/core/Device.h>
+#include <torch/optim/adamw.h>
+
+#include "imp/config/config.h"
+#include "imp/data/image_text_dataset.h"
+#include "imp/data/tokenizer.h"
+#include "imp/model/imp_model.h"
+#include "imp/tasks/task.h"
+#include "imp/train/sampler.h"
+
+namespace imp {
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double train_seconds = 0.0;       // wall time of the step loop
+  double data_wait_seconds = 0.0;   // part of it spent waiting for batches
+  int64_t tokens = 0;               // encoder tokens processed
+  std::map<std::string, int64_t> steps_per_task;
+};
+
+// Path of the SentencePiece model to use: config.tokenizer.model when set,
+// else one trained on the caption corpus of `class_names` and cached under
+// config.cache_dir (a second run reuses it).
+std::string prepare_tokenizer(const Config& config, const std::vector<std::string>& class_names);
+
+// The device runs use: the first CUDA device when LibTorch has one, else the CPU.
+c10::Device default_device();
+
+class Trainer {
+ public:
+  // Loads data, prepares the tokenizer and builds the model, tasks and optimizer.
+  explicit Trainer(Config config);
+
+  // Runs config.train.steps AGD steps, logging to stdout and to
+  // <workdir>/train_log.jsonl. Throws TrainingError on a non-finite loss.
+  TrainSummary train();
+
+  ImpModel& model() { return model_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const std::string& tokenizer_path() const { return tokenizer_path_; }
+  const Config& config() const { return config_; }
+  c10::Device device() const { return device_; }
+
+ private:
+  struct StepResult;
+  StepResult step(int64_t step_index, size_t task_index, const Batch& batch);
+
+  Config config_;
+  c10::Device device_;
+  std::map<std::string, std::shared_ptr<const ImageTextDataset>> datasets_;
+  std::string tokenizer_path_;
+  Tokenizer tokenizer_;
+  ImpModel model_{nullptr};
+  std::vector<std::unique_ptr<Task>> tasks_;
+  std::unique_ptr<TaskSampler> sampler_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+};
+
+// Sampling weight of each task: its explicit weight, or else its dataset's
+// number of training examples.
+std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks);
+
+}  // namespace imp
