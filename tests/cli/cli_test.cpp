@@ -1,0 +1,125 @@
+// The imp executable run as a real child process, as a user runs it.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int status = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result run_imp(const std::string& arguments) {
+  const std::string command = std::string(IMP_CLI_PATH) + " " + arguments + " 2>&1";
+  Result result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
+  const int raw = pclose(pipe);
+  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return result;
+}
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path dir = fs::path(::testing::TempDir()) / ("imp_cli_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string default_config() { return std::string(IMP_SOURCE_DIR) + "/configs/default.yaml"; }
+
+TEST(Cli, HelpDocumentsFlags) {
+  Result result = run_imp("train --help");
+  EXPECT_EQ(result.status, 0) << result.output;
+  EXPECT_NE(result.output.find("--workdir"), std::string::npos);
+  EXPECT_NE(result.output.find("--set"), std::string::npos);
+}
+
+TEST(Cli, UnknownKeySuggestsNearest) {
+  fs::path dir = fresh_dir("unknown_key");
+  std::ifstream in(default_config());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.replace(text.find("steps: "), 6, "stesp:");
+  std::ofstream((dir / "bad.yaml").string()) << text;
+
+  Result result = run_imp("train " + (dir / "bad.yaml").string());
+  EXPECT_NE(result.status, 0);
+  EXPECT_NE(result.output.find("stesp"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("steps"), std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find("Exception raised from"), std::string::npos) << "no stack dump";
+}
+
+TEST(Cli, BadOverrideNamesKey) {
+  Result result = run_imp("train " + default_config() + " --set train.steps=many");
+  EXPECT_NE(result.status, 0);
+  EXPECT_NE(result.output.find("train.steps"), std::string::npos) << result.output;
+}
+
+TEST(Cli, MissingConfigFileNamed) {
+  Result result = run_imp("train /nonexistent/imp.yaml");
+  EXPECT_NE(result.status, 0);
+  EXPECT_NE(result.output.find("/nonexistent/imp.yaml"), std::string::npos) << result.output;
+}
+
+TEST(Cli, EvalWithoutRunExplains) {
+  fs::path dir = fresh_dir("empty_run");
+  Result result = run_imp("eval --workdir " + dir.string());
+  EXPECT_NE(result.status, 0);
+  EXPECT_NE(result.output.find("config.yaml"), std::string::npos) << result.output;
+}
+
+// A short real run on Fashion-MNIST, then `imp eval` on its directory.
+TEST(Cli, TrainThenEvalShortRun) {
+  fs::path dir = fresh_dir("short_run");
+  const std::string sets =
+      " --set train.steps=12 --set train.log_every=4 --set train.optimizer.warmup_steps=2"
+      " --set model.num_layers=2 --set eval.linear_probe_examples=300"
+      " --set eval.linear_probe_steps=20 --set cache_dir=" + (dir / "cache").string();
+  Result train = run_imp("train " + default_config() + " --workdir " + (dir / "run").string() + sets);
+  ASSERT_EQ(train.status, 0) << train.output;
+
+  std::ifstream eval_file(dir / "run" / "eval.json");
+  ASSERT_TRUE(eval_file.good());
+  nlohmann::json metrics = nlohmann::json::parse(eval_file);
+  for (const char* key : {"fmnist/head_top1", "fmnist/zeroshot_top1", "fmnist/i2t_r1",
+                          "fmnist/t2i_r1", "fmnist/i2t_r5", "fmnist/linear_probe_top1",
+                          "train_seconds"}) {
+    ASSERT_TRUE(metrics.contains(key)) << key << " missing from " << metrics.dump();
+  }
+  // Twelve steps already learn something: the head beats chance (0.1).
+  EXPECT_GT(metrics["fmnist/head_top1"].get<double>(), 0.2);
+  EXPECT_TRUE(fs::exists(dir / "run" / "routing.json"));
+  EXPECT_TRUE(fs::exists(dir / "run" / "config.yaml"));
+  EXPECT_TRUE(fs::exists(dir / "run" / "tokenizer.model"));
+
+  std::ifstream log(dir / "run" / "train_log.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(log, line);) ++lines;
+  EXPECT_EQ(lines, 12);
+
+  // Evaluation of the saved run reproduces the numbers computed in training.
+  Result eval = run_imp("eval --workdir " + (dir / "run").string());
+  ASSERT_EQ(eval.status, 0) << eval.output;
+  std::ifstream again_file(dir / "run" / "eval.json");
+  nlohmann::json again = nlohmann::json::parse(again_file);
+  EXPECT_NEAR(again["fmnist/head_top1"].get<double>(), metrics["fmnist/head_top1"].get<double>(),
+              1e-9);
+  EXPECT_NEAR(again["fmnist/zeroshot_top1"].get<double>(),
+              metrics["fmnist/zeroshot_top1"].get<double>(), 1e-9);
+  EXPECT_DOUBLE_EQ(again["train_seconds"].get<double>(), metrics["train_seconds"].get<double>());
+}
+
+}  // namespace
