@@ -52,7 +52,10 @@ TEST(Cli, UnknownKeySuggestsNearest) {
   fs::path dir = fresh_dir("unknown_key");
   std::ifstream in(default_config());
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  text.replace(text.find("steps: "), 6, "stesp:");
+  // The train.steps key, indented under `train:`; comments elsewhere may say "steps".
+  const size_t key = text.find("\n  steps: ");
+  ASSERT_NE(key, std::string::npos);
+  text.replace(key, 8, "\n  stesp:");
   std::ofstream((dir / "bad.yaml").string()) << text;
 
   Result result = run_imp("train " + (dir / "bad.yaml").string());

@@ -5,7 +5,9 @@
 
 #include "imp/data/image_text_dataset.h"
 #include "imp/tasks/task.h"
+#include "imp/core/error.h"
 #include "imp/train/prefetcher.h"
+#include "imp/train/trainer.h"
 
 namespace imp {
 namespace {
@@ -100,6 +102,37 @@ TEST(BatchPrefetcher, SameBatchesAsDirectCalls) {
     }
     EXPECT_GE(waited, 0.0);
   }
+}
+
+TEST(MakeTask, RejectsModalitiesTheDataLacks) {
+  Tokenizer no_tokenizer;  // classification never tokenizes
+  TaskConfig audio = classification_config(4);
+  audio.modalities = {"audio"};
+  EXPECT_THROW(make_task(audio, tiny_dataset(false), 0, no_tokenizer, 8, {"{}"}), ConfigError);
+  TaskConfig video_text = classification_config(4);
+  video_text.objective = "nce";
+  video_text.modalities = {"video", "text"};
+  EXPECT_THROW(make_task(video_text, tiny_dataset(false), 0, no_tokenizer, 8, {"{}"}),
+               ConfigError);
+  EXPECT_NE(make_task(classification_config(4), tiny_dataset(false), 0, no_tokenizer, 8, {"{}"}),
+            nullptr);
+}
+
+TEST(CheckVisionFits, NamesTheVisionKeys) {
+  VisionConfig vision;
+  vision.channels = 1;
+  vision.patch = {1, 2, 2};
+  EXPECT_NO_THROW(check_vision_fits(vision, *tiny_dataset(false)));  // 4x4 images
+  vision.patch = {1, 3, 3};
+  try {
+    check_vision_fits(vision, *tiny_dataset(false));
+    FAIL() << "a 3x3 patch on 4x4 images must be rejected";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.vision.patch"), std::string::npos) << e.what();
+  }
+  vision.patch = {1, 2, 2};
+  vision.channels = 3;
+  EXPECT_THROW(check_vision_fits(vision, *tiny_dataset(false)), ConfigError);
 }
 
 }  // namespace

@@ -21,9 +21,9 @@ ModelConfig tiny_preset() {
   model.moe.moe_every = 2;
   model.vision.channels = 1;
   // 28x28 images in 7x7 patches: 16 tokens each. Measured on 2 cores with
-  // the default config, 4x4 patches (49 tokens) get through under 3 epochs
-  // in 5 minutes and reach 0.848 head accuracy; 7x7 patches get through
-  // about 5 epochs and reach 0.875.
+  // the default tasks at a 2e-3 learning rate, 4x4 patches (49 tokens) get
+  // through under 3 epochs in 5 minutes and reach 0.848 head accuracy;
+  // 7x7 patches get through about 5 epochs and reach 0.875.
   model.vision.patch = {1, 7, 7};
   model.vision.grid = {1, 4, 4};
   model.text.max_len = 16;

@@ -27,6 +27,8 @@ class ImageTextDataset {
   int64_t size() const { return labels_.size(0); }
   int64_t num_classes() const { return static_cast<int64_t>(class_names_.size()); }
   const std::vector<std::string>& class_names() const { return class_names_; }
+  int64_t image_height() const { return images_.size(1); }
+  int64_t image_width() const { return images_.size(2); }
   bool hflip() const { return hflip_; }  // whether training batches mirror images at random
 
   // Images at `indices` as [B, 1, 1, H, W] float in [-1, 1] (one channel, one

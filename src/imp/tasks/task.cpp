@@ -152,16 +152,18 @@ std::unique_ptr<Task> make_task(const TaskConfig& config,
                                 std::shared_ptr<const ImageTextDataset> data, uint64_t seed,
                                 const Tokenizer& tokenizer, int max_len,
                                 const std::vector<std::string>& prompts) {
-  const bool has_text = std::find(config.modalities.begin(), config.modalities.end(),
-                                  std::string(kText)) != config.modalities.end();
+  // Image datasets feed images, and text made from their labels and pixels.
+  using Modalities = std::vector<std::string>;
   if (config.objective == "nce") {
-    IMP_REQUIRE(ConfigError, has_text, "task '", config.name,
-                "': nce on this dataset pairs images with text; set modalities: [image, text]");
+    IMP_REQUIRE(ConfigError, config.modalities == Modalities({kImage, kText}), "task '",
+                config.name, "': nce on image dataset '", config.dataset,
+                "' pairs images with text; set modalities: [image, text]");
     return std::make_unique<ContrastiveTask>(config, std::move(data), seed, tokenizer, max_len,
                                              prompts);
   }
-  IMP_REQUIRE(ConfigError, !has_text, "task '", config.name, "': objective ", config.objective,
-              " classifies images; set modalities: [image]");
+  IMP_REQUIRE(ConfigError, config.modalities == Modalities({kImage}), "task '", config.name,
+              "': objective ", config.objective, " on image dataset '", config.dataset,
+              "' classifies images; set modalities: [image]");
   return std::make_unique<ClassificationTask>(config, std::move(data), seed);
 }
 

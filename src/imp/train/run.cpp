@@ -22,8 +22,8 @@ void write_file_atomically(const fs::path& path, const std::string& text) {
   const fs::path temporary = path.string() + ".tmp";
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    IMP_REQUIRE(TrainingError, out.good(), "cannot write ", temporary.string(),
-                "; check that the run directory is writable");
+    IMP_REQUIRE(TrainingError, out.good(), "failed to open ", temporary.string(),
+                " for writing; check that the run directory is writable");
     out << text;
     out.flush();
     IMP_REQUIRE(TrainingError, out.good(), "writing ", temporary.string(), " failed (disk full?)");
@@ -60,6 +60,10 @@ std::map<std::string, double> run_train(const Config& config) {
   const fs::path workdir(config.workdir);
   fs::create_directories(workdir);
   write_file_atomically(workdir / "config.yaml", to_yaml(config));
+
+  // Read the test splits now: a broken file should stop the run before
+  // training, not after it.
+  for (const DatasetConfig& dataset : config.datasets) ImageTextDataset::load(dataset, false);
 
   Trainer trainer(config);
   std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %d threads, %s\n",
@@ -117,7 +121,14 @@ std::map<std::string, double> run_eval(const std::string& workdir,
   }
   Tokenizer tokenizer = Tokenizer::load(prepare_tokenizer(config, class_names));
   ImpModel model(config.model, tokenizer.vocab_size(), heads);
-  torch::load(model, weights.string());
+  try {
+    torch::load(model, weights.string());
+  } catch (const c10::Error& e) {
+    throw DataError(str_cat("failed to load the weights in ", weights.string(), ": ",
+                            e.what_without_backtrace(),
+                            ". The file is damaged or from a different model config; "
+                            "train the run again"));
+  }
   const c10::Device device = default_device();
   model->to(device);
 

@@ -52,6 +52,18 @@ std::string prepare_tokenizer(const Config& config, const std::vector<std::strin
   return path.string();
 }
 
+void check_vision_fits(const VisionConfig& vision, const ImageTextDataset& data) {
+  const int64_t height = data.image_height(), width = data.image_width();
+  IMP_REQUIRE(ConfigError, vision.channels == 1, "dataset '", data.name(),
+              "' has grey images (1 channel) but model.vision.channels is ", vision.channels,
+              "; set model.vision.channels=1");
+  IMP_REQUIRE(ConfigError, height % vision.patch[1] == 0 && width % vision.patch[2] == 0,
+              "dataset '", data.name(), "' has ", height, "x", width,
+              " images, which model.vision.patch ", vision.patch[1], "x", vision.patch[2],
+              " does not divide; choose a patch that divides them, e.g. "
+              "model.vision.patch=[1,7,7] with model.vision.grid=[1,4,4] for 28x28");
+}
+
 std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks) {
   std::vector<double> weights;
   for (const auto& task : tasks) {
@@ -74,6 +86,7 @@ Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_de
     class_names.insert(class_names.end(), data->class_names().begin(), data->class_names().end());
     datasets_[dataset.name] = std::move(data);
   }
+  for (const auto& [name, data] : datasets_) check_vision_fits(config_.model.vision, *data);
   tokenizer_path_ = prepare_tokenizer(config_, class_names);
   tokenizer_ = Tokenizer::load(tokenizer_path_);
 
@@ -169,8 +182,9 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
   result.loss = result.output.loss.item<double>();
   if (!std::isfinite(result.loss)) {
     throw TrainingError(str_cat("step ", step_index, ", task '", task.name(), "': the loss is ",
-                                result.loss, "; training stopped. Lower train.optimizer.lr, "
-                                "raise warmup_steps or set clip_grad_norm"));
+                                result.loss, "; training stopped. Lower train.optimizer.lr, raise "
+                                "train.optimizer.warmup_steps or set "
+                                "train.optimizer.clip_grad_norm"));
   }
   result.output.loss.backward();
 

@@ -65,6 +65,10 @@ class Trainer {
   std::unique_ptr<torch::optim::AdamW> optimizer_;
 };
 
+// Throws ConfigError naming the model.vision keys when the vision embedder
+// cannot take `data`'s images (channels, or a patch that does not divide them).
+void check_vision_fits(const VisionConfig& vision, const ImageTextDataset& data);
+
 // Sampling weight of each task: its explicit weight, or else its dataset's
 // number of training examples.
 std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks);
