@@ -10,9 +10,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../scratch_dir.h"
+
 namespace {
 
 namespace fs = std::filesystem;
+using imp::testing::ScratchDir;
 
 struct Result {
   int status = -1;
@@ -32,13 +35,6 @@ Result run_imp(const std::string& arguments) {
   return result;
 }
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::path(::testing::TempDir()) / ("imp_cli_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
 std::string default_config() { return std::string(IMP_SOURCE_DIR) + "/configs/default.yaml"; }
 
 TEST(Cli, HelpDocumentsFlags) {
@@ -49,7 +45,8 @@ TEST(Cli, HelpDocumentsFlags) {
 }
 
 TEST(Cli, UnknownKeySuggestsNearest) {
-  fs::path dir = fresh_dir("unknown_key");
+  ScratchDir scratch("imp_cli_unknown_key");
+  fs::path dir(scratch.path());
   std::ifstream in(default_config());
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // The train.steps key, indented under `train:`; comments elsewhere may say "steps".
@@ -78,7 +75,8 @@ TEST(Cli, MissingConfigFileNamed) {
 }
 
 TEST(Cli, EvalWithoutRunExplains) {
-  fs::path dir = fresh_dir("empty_run");
+  ScratchDir scratch("imp_cli_empty_run");
+  fs::path dir(scratch.path());
   Result result = run_imp("eval --workdir " + dir.string());
   EXPECT_NE(result.status, 0);
   EXPECT_NE(result.output.find("config.yaml"), std::string::npos) << result.output;
@@ -86,7 +84,8 @@ TEST(Cli, EvalWithoutRunExplains) {
 
 // A short real run on Fashion-MNIST, then `imp eval` on its directory.
 TEST(Cli, TrainThenEvalShortRun) {
-  fs::path dir = fresh_dir("short_run");
+  ScratchDir scratch("imp_cli_short_run");
+  fs::path dir(scratch.path());
   const std::string sets =
       " --set train.steps=12 --set train.log_every=4 --set train.optimizer.warmup_steps=2"
       " --set model.num_layers=2 --set eval.linear_probe_examples=300"

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "../scratch_dir.h"
 #include "imp/core/error.h"
 #include "imp/data/fashion_mnist.h"
 
@@ -14,23 +15,7 @@ namespace {
 // Where the dataset-fashion-mnist package installs the release files.
 const std::string kDatasetRoot = "/usr/share/datasets/fashion-mnist";
 
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (std::filesystem::path(::testing::TempDir()) / "imp_fmnist_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code error;
-    std::filesystem::remove_all(path_, error);
-  }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
+using imp::testing::ScratchDir;
 
 // Writes an uncompressed uint8 idx file with the given dimensions and values.
 void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data) {

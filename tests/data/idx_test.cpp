@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../scratch_dir.h"
 #include "imp/core/error.h"
 #include "imp/data/idx.h"
 
@@ -15,23 +16,7 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-// A fresh directory under the test temp dir, removed with its files.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (std::filesystem::path(::testing::TempDir()) / "imp_idx_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code error;
-    std::filesystem::remove_all(path_, error);
-  }
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
+using imp::testing::ScratchDir;
 
 void write_plain(const std::string& path, const Bytes& bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "../scratch_dir.h"
 #include "imp/config/config.h"
 #include "imp/core/error.h"
 #include "imp/data/captions.h"
@@ -17,22 +18,7 @@
 
 namespace {
 
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (std::filesystem::path(::testing::TempDir()) / "imp_tokenizer_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code error;
-    std::filesystem::remove_all(path_, error);
-  }
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
+using imp::testing::ScratchDir;
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
