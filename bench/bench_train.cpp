@@ -22,6 +22,27 @@
 #define IMP_GIT_COMMIT "unknown"
 #endif
 
+// The source tree's commit now, with "-dirty" for uncommitted changes. The
+// value CMake recorded at configure time goes stale in incremental builds,
+// so it is only the fallback when git cannot be run.
+std::string source_commit() {
+  const std::string git = std::string("git -C '") + IMP_SOURCE_DIR + "' ";
+  auto read = [](const std::string& command) {
+    std::string out;
+    if (FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r")) {
+      char buffer[128];
+      while (fgets(buffer, sizeof(buffer), pipe) != nullptr) out += buffer;
+      if (pclose(pipe) != 0) out.clear();
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+  };
+  std::string commit = read(git + "rev-parse --short HEAD");
+  if (commit.empty()) return IMP_GIT_COMMIT;
+  if (!read(git + "status --porcelain --untracked-files=no").empty()) commit += "-dirty";
+  return commit;
+}
+
 int main(int argc, char** argv) {
   std::string config_path = std::string(IMP_SOURCE_DIR) + "/configs/default.yaml";
   std::vector<std::string> overrides = {"train.steps=60", "train.log_every=1000000",
@@ -57,7 +78,7 @@ int main(int argc, char** argv) {
     std::printf("bench_train: threads %d, OMP_WAIT_POLICY=%s, libtorch %s, commit %s\n",
                 torch::get_num_threads(),
                 std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "(unset)",
-                imp::torch_version().c_str(), IMP_GIT_COMMIT);
+                imp::torch_version().c_str(), source_commit().c_str());
     std::printf("bench_train: %lld steps in %.2f s: %.3f steps/s, %.0f tokens/s, %.1f examples/s, "
                 "data wait %.1f%%\n",
                 static_cast<long long>(summary.steps), summary.train_seconds,
