@@ -49,7 +49,7 @@ TEST(Cli, UnknownKeySuggestsNearest) {
   fs::path dir(scratch.path());
   std::ifstream in(default_config());
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // The train.steps key, indented under `train:`; comments elsewhere may say "steps".
+  // The train.steps key, indented under `train:`; comments elsewhere may mention "steps".
   const size_t key = text.find("\n  steps: ");
   ASSERT_NE(key, std::string::npos);
   text.replace(key, 8, "\n  stesp:");

@@ -54,7 +54,7 @@ TEST(TaskSampler, ZeroWeightTaskNeverDrawn) {
 }
 
 TEST(TaskSampler, RoundRobinGivesExactShares) {
-  // Weights 2:1:1: every window of 4 steps holds task 0 twice and the others once.
+  // Weights 2:1:1: every window of 4 steps contains task 0 twice and the others once.
   TaskSampler sampler({2, 1, 1}, "round_robin", 0);
   std::vector<size_t> steps = draw(sampler, 400);
   for (size_t window = 0; window < 400; window += 4) {

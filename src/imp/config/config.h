@@ -1,6 +1,6 @@
-// The typed run configuration. A YAML file (configs/default.yaml is the
-// reference) is parsed into these structs by load_config(); every field here
-// has exactly one YAML key of the same name, in the section of the same name.
+// The typed run configuration. load_config() parses a YAML file (see
+// configs/default.yaml) into these structs. Every field here has exactly one
+// YAML key of the same name, in the section of the same name.
 // Defaults below are the values used when a key is absent.
 #pragma once
 
@@ -59,7 +59,7 @@ struct ModelConfig {
   TextConfig text;
 };
 
-// Where the SentencePiece model comes from.
+// Source of the SentencePiece model.
 struct TokenizerConfig {
   std::string model;               // path to a .model file; empty = train one on the captions
   int vocab_size = 256;            // vocabulary size when training

@@ -31,9 +31,9 @@ class ImageTextDataset {
   int64_t image_width() const { return images_.size(2); }
   bool hflip() const { return hflip_; }  // whether training batches mirror images at random
 
-  // Images at `indices` as [B, 1, 1, H, W] float in [-1, 1] (one channel, one
-  // frame); rows with flip[i] set are mirrored left to right. Plain loops, so
-  // that batch workers never start LibTorch thread pools of their own.
+  // Images at `indices` as [B, 1, 1, H, W] float in [-1, 1], one channel and
+  // one frame. Rows with flip[i] set are mirrored left to right. Written as
+  // plain loops so that batch workers never start LibTorch thread pools.
   at::Tensor images(const std::vector<int64_t>& indices, const std::vector<bool>& flip) const;
 
   at::Tensor labels(const std::vector<int64_t>& indices) const;  // [B] int64

@@ -27,8 +27,8 @@ double recall_at_k(const at::Tensor& scores, const at::Tensor& query_groups,
     const int64_t rows = std::min(kChunk, Q - start);
     at::Tensor top = std::get<1>(scores.narrow(0, start, rows).topk(k, 1));      // [rows, k]
     at::Tensor retrieved = gallery_groups.index_select(0, top.reshape(-1)).reshape({rows, k});
-    at::Tensor wanted = query_groups.narrow(0, start, rows).unsqueeze(1);        // [rows, 1]
-    hits += retrieved.eq(wanted).any(1).sum().item<int64_t>();
+    at::Tensor expected = query_groups.narrow(0, start, rows).unsqueeze(1);        // [rows, 1]
+    hits += retrieved.eq(expected).any(1).sum().item<int64_t>();
   }
   return static_cast<double>(hits) / static_cast<double>(Q);
 }

@@ -15,8 +15,8 @@
 namespace imp {
 
 // Video and image embedder: non-overlapping 3D patches (t x h x w) flattened
-// and projected to D. An image is a clip; a clip with fewer frames than the
-// patch's t (an image has one) is repeated along time to fill one patch.
+// and projected to D. An image is a clip of one frame. A clip with fewer
+// frames than the patch's t is repeated along time to fill one patch.
 class VisionEmbedderImpl : public torch::nn::Module {
  public:
   VisionEmbedderImpl(const VisionConfig& config, int64_t d_model);

@@ -44,7 +44,7 @@ struct BlockOutput {
 };
 
 // x + attention(LN(x)), then x + ffn(LN(x)). The residual stream stays in
-// float32 under bf16 autocast, so LayerNorm always sees float32 input.
+// float32 under bf16 autocast, so LayerNorm always gets float32 input.
 class EncoderBlockImpl : public torch::nn::Module {
  public:
   EncoderBlockImpl(const ModelConfig& config, bool moe);

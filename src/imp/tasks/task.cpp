@@ -5,17 +5,11 @@
 #include "imp/core/error.h"
 #include "imp/core/random.h"
 #include "imp/data/captions.h"
+#include "imp/eval/metrics.h"
 #include "imp/objectives/losses.h"
 
 namespace imp {
 namespace {
-
-// Share of rows whose highest logit falls on one of the row's positives.
-double top1_accuracy(const torch::Tensor& logits, const torch::Tensor& positive) {
-  torch::NoGradGuard no_grad;
-  torch::Tensor best = logits.argmax(1, /*keepdim=*/true);  // [B, 1]
-  return positive.gather(1, best).to(at::kFloat).mean().item<double>();
-}
 
 // Tokens the vision embedder makes from `images` [B, C, T, H, W].
 int64_t vision_tokens(const ModelConfig& model, const torch::Tensor& images) {
@@ -81,8 +75,7 @@ TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch)
   }
   out.loss = out.loss + model->config().moe.aux_loss_weight * encoded.aux_loss;
 
-  torch::Tensor positive = torch::one_hot(batch.labels, logits.size(1)).to(at::kBool);
-  out.metrics["accuracy"] = top1_accuracy(logits, positive);
+  out.metrics["accuracy"] = top1_accuracy(logits.detach(), batch.labels);
   out.tokens = vision_tokens(model->config(), images);
   return out;
 }
