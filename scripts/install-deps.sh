@@ -7,7 +7,8 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas-dev libgloo-dev
   libsentencepiece-dev sentencepiece
-  libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev
+  libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libcli11-dev
+  libespeak-ng-dev espeak-ng-data espeak-ng libsoxr-dev libsndfile1-dev
   libgtest-dev libgmock-dev
   dataset-fashion-mnist
 )

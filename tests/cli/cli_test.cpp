@@ -82,28 +82,46 @@ TEST(Cli, EvalWithoutRunExplains) {
   EXPECT_NE(result.output.find("config.yaml"), std::string::npos) << result.output;
 }
 
-// A short real run on Fashion-MNIST, then `imp eval` on its directory.
+// A short real run of the default config (images, videos, speech and text),
+// made smaller, then `imp eval` on its directory.
 TEST(Cli, TrainThenEvalShortRun) {
   ScratchDir scratch("imp_cli_short_run");
   fs::path dir(scratch.path());
-  const std::string sets =
+  std::string sets =
       " --set train.steps=12 --set train.log_every=4 --set train.optimizer.warmup_steps=2"
       " --set model.num_layers=2 --set eval.linear_probe_examples=300"
       " --set eval.linear_probe_steps=20 --set cache_dir=" + (dir / "cache").string();
+  for (const char* dataset : {"fmnist", "fmnist_video", "fmnist_audio"}) {
+    sets += std::string(" --set datasets.") + dataset + ".eval_examples=300";
+    sets += std::string(" --set datasets.") + dataset + ".renditions=1";
+  }
+  sets += " --set datasets.fmnist_video.eval_clips=2";
   Result train = run_imp("train " + default_config() + " --workdir " + (dir / "run").string() + sets);
   ASSERT_EQ(train.status, 0) << train.output;
 
   std::ifstream eval_file(dir / "run" / "eval.json");
   ASSERT_TRUE(eval_file.good());
   nlohmann::json metrics = nlohmann::json::parse(eval_file);
-  for (const char* key : {"fmnist/head_top1", "fmnist/zeroshot_top1", "fmnist/i2t_r1",
-                          "fmnist/t2i_r1", "fmnist/i2t_r5", "fmnist/linear_probe_top1",
-                          "train_seconds"}) {
+  for (const char* key :
+       {"fmnist/head_top1", "fmnist/zeroshot_top1", "fmnist/i2t_r1", "fmnist/t2i_r1",
+        "fmnist/i2t_r5", "fmnist/linear_probe_top1", "fmnist_video/item_zeroshot_top1",
+        "fmnist_video/motion_top1", "fmnist_video/item_top1", "fmnist_video/v2t_r1",
+        "fmnist_video/v2a_r1", "fmnist_audio/zeroshot_top1", "fmnist_audio/a2t_r1",
+        "fmnist_audio/head_top1", "train_seconds"}) {
     ASSERT_TRUE(metrics.contains(key)) << key << " missing from " << metrics.dump();
   }
   // Twelve steps already learn something: the head beats chance (0.1).
   EXPECT_GT(metrics["fmnist/head_top1"].get<double>(), 0.2);
-  EXPECT_TRUE(fs::exists(dir / "run" / "routing.json"));
+  std::ifstream routing_file(dir / "run" / "routing.json");
+  ASSERT_TRUE(routing_file.good());
+  nlohmann::json routing = nlohmann::json::parse(routing_file);
+  ASSERT_FALSE(routing["layers"].empty());
+  for (const char* modality : {"image", "video", "audio", "text"}) {
+    // Twelve steps may not draw every task; the default mix draws images first.
+    if (std::string(modality) != "image" && !routing["layers"][0]["modalities"].contains(modality)) continue;
+    EXPECT_EQ(routing["layers"][0]["modalities"][modality]["top_choice_share"].size(), 4u) << modality;
+  }
+  EXPECT_NE(train.output.find("routing, MoE layer"), std::string::npos) << train.output;
   EXPECT_TRUE(fs::exists(dir / "run" / "config.yaml"));
   EXPECT_TRUE(fs::exists(dir / "run" / "tokenizer.model"));
 

@@ -550,7 +550,14 @@ TEST_F(ConfigErrors, ValuesOutOfRange) {
        "names dataset 'mnist', which is not defined under 'datasets'; defined datasets are fmnist"},
       {"tasks.1.name=fmnist_cls", "tasks[1].name", "repeats the name 'fmnist_cls' of tasks[0]"},
       {"tasks.0.batch_size=0", "tasks[0].batch_size", "must be positive, found 0"},
-      {"datasets.0.type=cifar", "datasets[0].type", "must be fashion_mnist, found 'cifar'"},
+      {"datasets.0.type=cifar", "datasets[0].type",
+       "must be fashion_mnist, moving_fashion_mnist or spoken_fashion_mnist, found 'cifar'"},
+      {"datasets.0.eval_examples=-1", "datasets[0].eval_examples",
+       "must be zero or positive, found -1"},
+      {"model.audio.patch=[5, 8]", "model.audio.patch",
+       "patch[0] = 5 does not divide model.audio.mel_bands = 32"},
+      {"model.audio.f_max=9000", "model.audio.f_max", "is above half the sample rate (8000 Hz)"},
+      {"model.audio.hop=0", "model.audio.hop", "must be positive, found 0"},
       {"train.steps=0", "train.steps", "must be positive, found 0"},
       {"train.sampler=random", "train.sampler",
        "must be multinomial or round_robin, found 'random'"},
@@ -569,6 +576,39 @@ TEST_F(ConfigErrors, ValuesOutOfRange) {
     EXPECT_TRUE(Contains(message, imp::str_cat("'", range_case.key_path, "' in configs/x.yaml")));
     EXPECT_TRUE(Contains(message, range_case.problem));
   }
+}
+
+// Video and speech settings are checked for the dataset types that use them.
+TEST_F(ConfigErrors, VideoAndSpeechDatasets) {
+  struct Case {
+    std::vector<std::string> overrides;
+    std::string key_path;
+    std::string problem;
+  };
+  const Case cases[] = {
+      {{"datasets.0.type=spoken_fashion_mnist", "datasets.0.eval_voices=[en+m6, en-us+m1]"},
+       "datasets[0].eval_voices[1]",
+       "'en-us+m1' is also a training voice in datasets[0].voices; test audio must come from "
+       "voices never heard in training"},
+      {{"datasets.0.type=spoken_fashion_mnist", "datasets.0.voices=[]"}, "datasets[0].voices",
+       "must list at least one voice"},
+      {{"datasets.0.type=spoken_fashion_mnist", "datasets.0.speech_pitches=[50, 120]"},
+       "datasets[0].speech_pitches[1]", "must be in [0, 100], found 120"},
+      {{"datasets.0.type=moving_fashion_mnist", "datasets.0.motions=[left, spin]"},
+       "datasets[0].motions[1]", "found 'spin'"},
+      {{"datasets.0.type=moving_fashion_mnist", "datasets.0.frames=20"}, "datasets[0].frames",
+       "must not exceed video_frames (16), found 20"},
+      {{"datasets.0.type=moving_fashion_mnist", "datasets.0.canvas=20"}, "datasets[0].canvas",
+       "must be at least 28"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.overrides.back());
+    const std::string message = parse_error(minimal_yaml(), c.overrides);
+    EXPECT_TRUE(Contains(message, imp::str_cat("'", c.key_path, "' in configs/x.yaml"))) << message;
+    EXPECT_TRUE(Contains(message, c.problem)) << message;
+  }
+  // The same voices for a plain image dataset are not checked: it has no audio.
+  EXPECT_EQ(parse_error(minimal_yaml(), {"datasets.0.eval_voices=[en-us+m1]"}), "");
 }
 
 // ---------------------------------------------------------------------------
@@ -744,7 +784,9 @@ TEST_F(ConfigRoundTrip, WritesEveryKey) {
   const std::string yaml = imp::to_yaml(parse(minimal_yaml()));
   for (const char* key :
        {"workdir:", "cache_dir:", "preset: tiny",
-        "max_logit_scale:", "aux_loss_weight:", "channels:", "patch: [1, 7, 7]", "grid: [1, 4, 4]",
+        "max_logit_scale:", "aux_loss_weight:", "channels:", "patch: [4, 7, 7]", "grid: [2, 4, 4]",
+        "sample_rate: 16000", "mel_bands: 32", "patch: [16, 8]", "label: \"\"", "eval_clips: 8",
+        "eval_voices:", "renditions: 6", "motions:",
         "max_len:", "vocab_size:", "hflip: true", "text: caption", "weight: -1.0", "seed: 0",
         "clip_grad_norm:", "prompts: []", "recall_at: [1, 5]", "linear_probe_steps:"}) {
     EXPECT_TRUE(Contains(yaml, key));

@@ -36,9 +36,10 @@ TEST(Presets, TinyFitsFashionMnist) {
   EXPECT_EQ(tiny.vision.channels, 1);
   EXPECT_EQ(tiny.text.max_len, 16);
 
-  // patch x grid = one 28x28 frame, cut into 4x4 = 16 tokens.
-  const std::array<int, 3> patch{1, 7, 7};
-  const std::array<int, 3> grid{1, 4, 4};
+  // A 28x28 image (one frame, repeated to fill the 4-frame patch) gives
+  // 4x4 = 16 tokens; an 8-frame clip fills the two temporal grid rows.
+  const std::array<int, 3> patch{4, 7, 7};
+  const std::array<int, 3> grid{2, 4, 4};
   EXPECT_EQ(tiny.vision.patch, patch);
   EXPECT_EQ(tiny.vision.grid, grid);
 }

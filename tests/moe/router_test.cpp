@@ -160,6 +160,19 @@ TEST(RouterMetrics, CountsRealTokensAndDrops) {
   EXPECT_EQ(metrics.dropped_tokens, 1);
 }
 
+TEST(RouterMetrics, CountsFirstChoicesOfRealTokens) {
+  // Experts-choose fills both experts whatever the tokens prefer; the first
+  // choices still show that t0 and t1 prefer expert 0. t2 is masked.
+  torch::Tensor valid = torch::tensor({true, true, false}).view({1, 3});
+  RoutingPlan plan = route_experts_choose(three_token_probs(), valid, 1.0);
+  RoutingMetrics metrics = compute_routing_metrics(plan, valid);
+  EXPECT_FALSE(metrics.top_choice_per_expert.defined());  // the plan carries no probabilities
+  plan.probs = three_token_probs();
+  metrics = compute_routing_metrics(plan, valid);
+  EXPECT_EQ(to_vector(metrics.top_choice_per_expert), (std::vector<int64_t>{2, 0}));
+  EXPECT_EQ(to_vector(metrics.tokens_per_expert), (std::vector<int64_t>{2, 2}));
+}
+
 TEST(RouterModule, StaysFloat32UnderAutocast) {
   torch::manual_seed(0);
   MoeConfig config;

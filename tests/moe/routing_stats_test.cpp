@@ -73,6 +73,24 @@ TEST(RoutingStats, WritesJson) {
   EXPECT_DOUBLE_EQ(image["expert_share"][1].get<double>(), 0.75);
 }
 
+TEST(RoutingStats, FirstChoiceShareAndReport) {
+  RoutingStats stats;
+  RoutingMetrics video = make_metrics({4, 4}, 8, 0);
+  video.top_choice_per_expert = torch::tensor(std::vector<int64_t>{6, 2}, torch::kLong);
+  stats.add(1, "video", video);
+  stats.add(1, "video", video);
+  const RoutingCounts* counts = stats.find(1, "video");
+  ASSERT_NE(counts, nullptr);
+  EXPECT_EQ(counts->top_choice_per_expert, (std::vector<int64_t>{12, 4}));
+  EXPECT_EQ(counts->top_choice_share(), (std::vector<double>{0.75, 0.25}));
+  EXPECT_EQ(stats.to_json()["layers"][0]["modalities"]["video"]["top_choice_share"],
+            nlohmann::json({0.75, 0.25}));
+  const std::string report = stats.report();
+  EXPECT_NE(report.find("MoE layer 1"), std::string::npos) << report;
+  EXPECT_NE(report.find("video   e0  50.0% /  75.0%  e1  50.0% /  25.0%"), std::string::npos)
+      << report;
+}
+
 TEST(RoutingStats, ResetClearsCounts) {
   RoutingStats stats;
   stats.add(0, "audio", make_metrics({1, 1}, 2, 0));

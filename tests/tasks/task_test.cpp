@@ -4,6 +4,7 @@
 #include <set>
 
 #include "imp/data/image_text_dataset.h"
+#include "imp/data/moving_fashion_mnist.h"
 #include "imp/tasks/task.h"
 #include "imp/core/error.h"
 #include "imp/train/prefetcher.h"
@@ -116,6 +117,68 @@ TEST(MakeTask, RejectsModalitiesTheDataLacks) {
                ConfigError);
   EXPECT_NE(make_task(classification_config(4), tiny_dataset(false), 0, no_tokenizer, 8, {"{}"}),
             nullptr);
+}
+
+// Moving items made from the tiny dataset's images, upscaled to 28x28.
+std::shared_ptr<const Dataset> tiny_videos() {
+  torch::Tensor images = torch::zeros({10, 28, 28}, torch::kByte);
+  images.narrow(1, 10, 8).narrow(2, 10, 8).fill_(200);
+  auto items = std::make_shared<const ImageTextDataset>(
+      "items", images, torch::arange(10, torch::kLong) % 3, std::vector<std::string>{"a", "b", "c"});
+  DatasetConfig config;
+  config.motions = {"left", "right", "up"};
+  return std::make_shared<const MovingFashionMnist>("videos", items, config, 4, nullptr);
+}
+
+TEST(VideoTasks, ClassifyTheNamedLabelSet) {
+  auto videos = tiny_videos();
+  TaskConfig motion = classification_config(4);
+  motion.dataset = "videos";
+  motion.modalities = {"video"};
+  motion.label = "motion";
+  ClassificationTask task(motion, videos, 0);
+  EXPECT_EQ(task.label_set(), 1);
+  Batch batch = task.make_batch(0);
+  ASSERT_EQ(batch.inputs.at("video").sizes(), torch::IntArrayRef({4, 1, 8, 42, 42}));
+  // Each label is the motion of some video of the set, and batches of one
+  // epoch cover every video once.
+  std::multiset<int64_t> motions, expected;
+  for (int64_t b = 0; b < 3; ++b) {
+    torch::Tensor labels = task.make_batch(b).labels;
+    for (int64_t i = 0; i < labels.size(0) && b * 4 + i < 10; ++i) motions.insert(labels[i].item<int64_t>());
+  }
+  for (int64_t i = 0; i < 10; ++i) expected.insert(videos->label(i, 1));
+  EXPECT_EQ(motions, expected);
+}
+
+TEST(VideoTasks, MissingModalityOrLabelSetIsAConfigError) {
+  Tokenizer no_tokenizer;
+  TaskConfig audio = classification_config(4);
+  audio.name = "video_audio";
+  audio.objective = "nce";
+  audio.modalities = {"video", "audio"};
+  try {
+    make_task(audio, tiny_videos(), 0, no_tokenizer, 8, {"{}"});
+    FAIL() << "a dataset built without speech has no audio";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("has no audio; it offers video"), std::string::npos)
+        << e.what();
+  }
+  TaskConfig colour = classification_config(4);
+  colour.modalities = {"video"};
+  colour.label = "colour";
+  try {
+    make_task(colour, tiny_videos(), 0, no_tokenizer, 8, {"{}"});
+    FAIL() << "the videos have no colour labels";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("label set 'colour'; its label sets are item, motion"),
+              std::string::npos)
+        << e.what();
+  }
+  TaskConfig text_first = classification_config(4);
+  text_first.objective = "nce";
+  text_first.modalities = {"text", "video"};
+  EXPECT_THROW(make_task(text_first, tiny_videos(), 0, no_tokenizer, 8, {"{}"}), ConfigError);
 }
 
 TEST(CheckVisionFits, NamesTheVisionKeys) {

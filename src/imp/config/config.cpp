@@ -46,6 +46,13 @@ void visit_fields(Visitor& v, VisionConfig& c) {
 
 template <typename Visitor>
 void visit_fields(Visitor& v, AudioConfig& c) {
+  v("sample_rate", c.sample_rate);
+  v("window", c.window);
+  v("hop", c.hop);
+  v("mel_bands", c.mel_bands);
+  v("frames", c.frames);
+  v("f_min", c.f_min);
+  v("f_max", c.f_max);
   v("patch", c.patch);
   v("grid", c.grid);
 }
@@ -83,6 +90,17 @@ void visit_fields(Visitor& v, DatasetConfig& c) {
   v("type", c.type);
   v("root", c.root);
   v("hflip", c.hflip);
+  v("eval_examples", c.eval_examples);
+  v("frames", c.frames);
+  v("video_frames", c.video_frames);
+  v("canvas", c.canvas);
+  v("eval_clips", c.eval_clips);
+  v("motions", c.motions);
+  v("voices", c.voices);
+  v("eval_voices", c.eval_voices);
+  v("speech_rates", c.speech_rates);
+  v("speech_pitches", c.speech_pitches);
+  v("renditions", c.renditions);
 }
 
 template <typename Visitor>
@@ -92,6 +110,7 @@ void visit_fields(Visitor& v, TaskConfig& c) {
   v("modalities", c.modalities);
   v("objective", c.objective);
   v("text", c.text);
+  v("label", c.label);
   v("batch_size", c.batch_size);
   v("weight", c.weight);
 }
@@ -721,6 +740,36 @@ void validate_moe(const Context& ctx, const MoeConfig& moe) {
   check_non_negative(ctx, "model.moe.aux_loss_weight", moe.aux_loss_weight);
 }
 
+void validate_audio(const Context& ctx, const AudioConfig& audio) {
+  check_positive(ctx, "model.audio.sample_rate", audio.sample_rate);
+  check_positive(ctx, "model.audio.window", audio.window);
+  check_positive(ctx, "model.audio.hop", audio.hop);
+  check_positive(ctx, "model.audio.mel_bands", audio.mel_bands);
+  check_positive(ctx, "model.audio.frames", audio.frames);
+  check_non_negative(ctx, "model.audio.f_min", audio.f_min);
+  const double nyquist = audio.sample_rate / 2.0;
+  const double f_max = audio.f_max > 0 ? audio.f_max : nyquist;
+  if (f_max > nyquist) {
+    fail(ctx, "model.audio.f_max",
+         str_cat("is above half the sample rate (", nyquist, " Hz), found ", audio.f_max));
+  }
+  if (audio.f_min >= f_max) {
+    fail(ctx, "model.audio.f_min", str_cat("must be below f_max (", f_max, " Hz), found ", audio.f_min));
+  }
+  check_all_positive(ctx, "model.audio.patch", audio.patch);
+  check_all_positive(ctx, "model.audio.grid", audio.grid);
+  if (audio.patch[0] > 0 && audio.mel_bands % audio.patch[0] != 0) {
+    fail(ctx, "model.audio.patch",
+         str_cat("must divide the spectrogram: patch[0] = ", audio.patch[0],
+                 " does not divide model.audio.mel_bands = ", audio.mel_bands));
+  }
+  if (audio.patch[1] > 0 && audio.frames % audio.patch[1] != 0) {
+    fail(ctx, "model.audio.patch",
+         str_cat("must divide the spectrogram: patch[1] = ", audio.patch[1],
+                 " does not divide model.audio.frames = ", audio.frames));
+  }
+}
+
 void validate_model(const Context& ctx, const ModelConfig& model) {
   check_positive(ctx, "model.d_model", model.d_model);
   check_positive(ctx, "model.num_layers", model.num_layers);
@@ -738,8 +787,7 @@ void validate_model(const Context& ctx, const ModelConfig& model) {
   check_positive(ctx, "model.vision.channels", model.vision.channels);
   check_all_positive(ctx, "model.vision.patch", model.vision.patch);
   check_all_positive(ctx, "model.vision.grid", model.vision.grid);
-  check_all_positive(ctx, "model.audio.patch", model.audio.patch);
-  check_all_positive(ctx, "model.audio.grid", model.audio.grid);
+  validate_audio(ctx, model.audio);
   check_positive(ctx, "model.text.max_len", model.text.max_len);
 }
 
@@ -767,6 +815,69 @@ void check_dataset_root(const Context& ctx, const std::string& path, const Datas
   fail(ctx, path, str_cat("is not an existing directory: ", dataset.root, ". ", hint));
 }
 
+void validate_video(const Context& ctx, const std::string& path, const DatasetConfig& dataset) {
+  check_positive(ctx, path + ".frames", dataset.frames);
+  check_positive(ctx, path + ".video_frames", dataset.video_frames);
+  if (dataset.frames > dataset.video_frames) {
+    fail(ctx, path + ".frames",
+         str_cat("must not exceed video_frames (", dataset.video_frames, "), found ",
+                 dataset.frames));
+  }
+  if (dataset.canvas < 28) {
+    fail(ctx, path + ".canvas",
+         str_cat("must be at least 28, the side of a Fashion-MNIST image, found ", dataset.canvas));
+  }
+  check_positive(ctx, path + ".eval_clips", dataset.eval_clips);
+  if (dataset.motions.empty()) fail(ctx, path + ".motions", "must list at least one motion");
+  const std::vector<std::string> known = DatasetConfig{}.motions;
+  for (std::size_t i = 0; i < dataset.motions.size(); ++i) {
+    check_one_of(ctx, join_index(path + ".motions", i), dataset.motions[i], known);
+    for (std::size_t j = 0; j < i; ++j) {
+      if (dataset.motions[j] == dataset.motions[i]) {
+        fail(ctx, join_index(path + ".motions", i), "repeats '" + dataset.motions[i] + "'");
+      }
+    }
+  }
+}
+
+void validate_speech(const Context& ctx, const std::string& path, const DatasetConfig& dataset) {
+  if (dataset.voices.empty()) fail(ctx, path + ".voices", "must list at least one voice");
+  if (dataset.eval_voices.empty()) {
+    fail(ctx, path + ".eval_voices", "must list at least one voice for the test split");
+  }
+  for (std::size_t i = 0; i < dataset.eval_voices.size(); ++i) {
+    const std::string& voice = dataset.eval_voices[i];
+    check_not_empty(ctx, join_index(path + ".eval_voices", i), voice);
+    if (std::find(dataset.voices.begin(), dataset.voices.end(), voice) != dataset.voices.end()) {
+      fail(ctx, join_index(path + ".eval_voices", i),
+           str_cat("'", voice, "' is also a training voice in ", path,
+                   ".voices; test audio must come from voices never heard in training"));
+    }
+  }
+  for (std::size_t i = 0; i < dataset.voices.size(); ++i) {
+    check_not_empty(ctx, join_index(path + ".voices", i), dataset.voices[i]);
+  }
+  if (dataset.speech_rates.empty()) fail(ctx, path + ".speech_rates", "must list at least one rate");
+  for (std::size_t i = 0; i < dataset.speech_rates.size(); ++i) {
+    const int rate = dataset.speech_rates[i];
+    if (rate < 80 || rate > 450) {
+      fail(ctx, join_index(path + ".speech_rates", i),
+           str_cat("must be in [80, 450] words per minute (eSpeak's range), found ", rate));
+    }
+  }
+  if (dataset.speech_pitches.empty()) {
+    fail(ctx, path + ".speech_pitches", "must list at least one pitch");
+  }
+  for (std::size_t i = 0; i < dataset.speech_pitches.size(); ++i) {
+    const int pitch = dataset.speech_pitches[i];
+    if (pitch < 0 || pitch > 100) {
+      fail(ctx, join_index(path + ".speech_pitches", i),
+           str_cat("must be in [0, 100], found ", pitch));
+    }
+  }
+  check_positive(ctx, path + ".renditions", dataset.renditions);
+}
+
 void validate_datasets(const Context& ctx, const std::vector<DatasetConfig>& datasets) {
   for (std::size_t i = 0; i < datasets.size(); ++i) {
     const std::string path = join_index("datasets", i);
@@ -778,8 +889,12 @@ void validate_datasets(const Context& ctx, const std::vector<DatasetConfig>& dat
              str_cat("repeats the name '", dataset.name, "' of datasets[", j, "]"));
       }
     }
-    check_one_of(ctx, path + ".type", dataset.type, {"fashion_mnist"});
+    check_one_of(ctx, path + ".type", dataset.type,
+                 {"fashion_mnist", "moving_fashion_mnist", "spoken_fashion_mnist"});
     check_dataset_root(ctx, path + ".root", dataset);
+    check_non_negative(ctx, path + ".eval_examples", dataset.eval_examples);
+    if (dataset.type == "moving_fashion_mnist") validate_video(ctx, path, dataset);
+    if (dataset.type != "fashion_mnist") validate_speech(ctx, path, dataset);
   }
 }
 

@@ -30,8 +30,17 @@ struct VisionConfig {
   std::array<int, 3> grid{1, 16, 16};     // patch grid the position embedding is made for
 };
 
-// Audio log-mel spectrogram patch embedder.
+// Audio front end (waveform to log-mel spectrogram) and its patch embedder.
+// A clip is cut or zero-padded to (frames - 1) x hop + window samples, which
+// gives exactly `frames` spectrogram frames.
 struct AudioConfig {
+  int sample_rate = 16000;                // Hz; audio at other rates is resampled
+  int window = 400;                       // STFT window (Hann) and FFT size, in samples
+  int hop = 160;                          // samples between frames
+  int mel_bands = 128;                    // M, mel filters from f_min to f_max
+  int frames = 128;                       // F, spectrogram frames per clip
+  double f_min = 0.0;                     // Hz, lowest mel filter edge
+  double f_max = 0.0;                     // Hz, highest mel filter edge; 0 = sample_rate / 2
   std::array<int, 2> patch{16, 16};       // patch size in mel bands x time frames
   std::array<int, 2> grid{8, 8};          // patch grid the position embedding is made for
 };
@@ -65,13 +74,43 @@ struct TokenizerConfig {
   int vocab_size = 256;            // vocabulary size when training
 };
 
-// A data source. Today one type: "fashion_mnist", the idx files of the
-// Fashion-MNIST release.
+// A data source, by type:
+//   fashion_mnist         the images of the Fashion-MNIST release (idx files)
+//   moving_fashion_mnist  videos of one Fashion-MNIST item moving, turning or
+//                         zooming on a larger canvas, with captions and
+//                         spoken captions
+//   spoken_fashion_mnist  spoken captions of Fashion-MNIST items
+// All three read the idx files under `root`; the train split is made from
+// the training images and the test split from the test images.
 struct DatasetConfig {
   std::string name;                // referred to by tasks and used in metric names
   std::string type = "fashion_mnist";
   std::string root = "/usr/share/datasets/fashion-mnist";  // folder of the *.gz idx files
   bool hflip = true;               // random horizontal flip of training images
+  int eval_examples = 0;           // test examples evaluated, evenly spaced; 0 = all
+
+  // moving_fashion_mnist: each video has video_frames frames; a clip is a
+  // window of `frames` of them, at a random start in training.
+  int frames = 8;
+  int video_frames = 16;
+  int canvas = 42;                 // side of the square frame, in pixels
+  int eval_clips = 8;              // clips per test video, evenly spaced; outputs are averaged
+  std::vector<std::string> motions{"left", "right", "up", "down", "clockwise",
+                                   "counterclockwise", "zoom_in", "zoom_out"};
+
+  // Speech (moving_ and spoken_fashion_mnist), synthesised with eSpeak NG.
+  // A voice is "<language>+<variant>" as `espeak-ng --voices` and
+  // `--voices=variant` list them. Test audio uses only eval_voices, which
+  // must not overlap `voices`.
+  // ("en" is British English.) The default evaluation variants m2, m6, f2
+  // and f4 appear in no training voice.
+  std::vector<std::string> voices{"en-us+m1", "en-us+m3", "en-us+m5", "en-us+f1",
+                                  "en-us+f3", "en-us+f5", "en+m4",    "en+m7",
+                                  "en+f1",    "en+f5",    "en-029+m1", "en-029+f3"};
+  std::vector<std::string> eval_voices{"en-us+m2", "en-us+f2", "en+m6", "en+f4"};
+  std::vector<int> speech_rates{150, 175, 200};  // words per minute
+  std::vector<int> speech_pitches{35, 50, 65};   // eSpeak pitch, 0 to 100
+  int renditions = 6;              // spoken versions of each distinct text, per split
 };
 
 // One AGD task: a dataset, the modalities it feeds and one objective.
@@ -81,6 +120,8 @@ struct TaskConfig {
   std::vector<std::string> modalities;  // e.g. [image] or [image, text]
   std::string objective;           // softmax_ce, sigmoid_bce or nce
   std::string text = "caption";    // for nce with text: "caption" or "label" (the class name)
+  std::string label;               // label set to classify or to name in label text;
+                                   // empty = the dataset's first (e.g. item before motion)
   int batch_size = 128;
   double weight = -1.0;            // sampling weight; < 0 = proportional to dataset size
 };

@@ -24,8 +24,20 @@ ModelConfig tiny_preset() {
   // the default tasks at a 2e-3 learning rate, 4x4 patches (49 tokens) get
   // through under 3 epochs in 5 minutes and reach 0.848 head accuracy;
   // 7x7 patches get through about 5 epochs and reach 0.875.
-  model.vision.patch = {1, 7, 7};
-  model.vision.grid = {1, 4, 4};
+  // Patches span 4 frames: an image (one frame, repeated) gives one
+  // temporal patch, and an 8-frame video clip gives two. A 42x42 video frame
+  // has a 6x6 patch grid; its positions are interpolated from the 4x4 ones.
+  model.vision.patch = {4, 7, 7};
+  model.vision.grid = {2, 4, 4};
+  // Speech at 16 kHz, 25 ms windows every 20 ms, 32 mel bands: 128 frames
+  // hold 2.56 s, and 16x8 patches give 32 tokens.
+  model.audio.sample_rate = 16000;
+  model.audio.window = 400;
+  model.audio.hop = 320;
+  model.audio.mel_bands = 32;
+  model.audio.frames = 128;
+  model.audio.patch = {16, 8};
+  model.audio.grid = {2, 16};
   model.text.max_len = 16;
   return model;
 }
@@ -46,6 +58,12 @@ ModelConfig dense_preset(const std::string& name, int d_model, int num_layers, i
   model.vision.channels = 3;
   model.vision.patch = {4, 16, 16};
   model.vision.grid = {1, 16, 16};
+  // 128 mel bands x 128 frames of 64 ms: 8.192 s of 16 kHz audio.
+  model.audio.sample_rate = 16000;
+  model.audio.window = 2048;
+  model.audio.hop = 1024;
+  model.audio.mel_bands = 128;
+  model.audio.frames = 128;
   model.audio.patch = {16, 16};
   model.audio.grid = {8, 8};
   model.text.max_len = 256;

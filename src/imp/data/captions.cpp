@@ -60,8 +60,8 @@ bool starts_with_vowel_sound(const std::string& word) {
   return !starts_with_any(kConsonantSoundPrefixes);
 }
 
-// Sets each "a"/"an" to fit the word after it. Words are rejoined with single
-// spaces.
+}  // namespace
+
 std::string fix_articles(const std::string& text) {
   std::istringstream stream(text);
   std::vector<std::string> words;
@@ -79,8 +79,6 @@ std::string fix_articles(const std::string& text) {
   }
   return fixed;
 }
-
-}  // namespace
 
 ImageAttributes image_attributes(const torch::Tensor& image) {
   TORCH_CHECK(image.dim() == 2 && image.scalar_type() == torch::kUInt8,
@@ -108,6 +106,22 @@ std::string make_caption(const std::string& class_name, const ImageAttributes& a
   return fix_articles(caption);
 }
 
+std::vector<std::string> all_captions(const std::vector<std::string>& class_names) {
+  std::vector<std::string> captions;
+  std::set<std::string> seen;
+  for (const std::string& class_name : class_names) {
+    for (const std::string& brightness : kBrightnessValues) {
+      for (const std::string& size : kSizeValues) {
+        for (uint64_t variant = 0; variant < kCaptionTemplates.size(); ++variant) {
+          std::string caption = make_caption(class_name, {brightness, size}, variant);
+          if (seen.insert(caption).second) captions.push_back(std::move(caption));
+        }
+      }
+    }
+  }
+  return captions;
+}
+
 std::vector<std::string> caption_corpus(const std::vector<std::string>& class_names) {
   std::vector<std::string> corpus;
   std::set<std::string> seen;
@@ -115,15 +129,7 @@ std::vector<std::string> caption_corpus(const std::vector<std::string>& class_na
     if (seen.insert(text).second) corpus.push_back(text);
   };
 
-  for (const std::string& class_name : class_names) {
-    for (const std::string& brightness : kBrightnessValues) {
-      for (const std::string& size : kSizeValues) {
-        for (uint64_t variant = 0; variant < kCaptionTemplates.size(); ++variant) {
-          add(make_caption(class_name, {brightness, size}, variant));
-        }
-      }
-    }
-  }
+  for (const std::string& caption : all_captions(class_names)) add(caption);
   for (const std::string& prompt : default_prompts()) {
     for (const std::string& class_name : class_names) add(fill_prompt(prompt, class_name));
   }

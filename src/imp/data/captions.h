@@ -26,10 +26,18 @@ ImageAttributes image_attributes(const torch::Tensor& image);
 std::string make_caption(const std::string& class_name, const ImageAttributes& attributes,
                          uint64_t variant);
 
+// Every caption that make_caption can produce for these classes, without
+// duplicates, class by class.
+std::vector<std::string> all_captions(const std::vector<std::string>& class_names);
+
 // Returns every caption that make_caption can produce for these classes, then
 // every default prompt filled with every class, without duplicates. It is the
 // text a tokenizer for these captions and prompts is trained on.
 std::vector<std::string> caption_corpus(const std::vector<std::string>& class_names);
+
+// Sets each "a"/"an" in `text` to fit the word after it ("a ankle boot"
+// becomes "an ankle boot"). Words are rejoined with single spaces.
+std::string fix_articles(const std::string& text);
 
 // Zero-shot prompt templates, "{}" standing for the class name.
 std::vector<std::string> default_prompts();

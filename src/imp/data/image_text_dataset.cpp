@@ -16,15 +16,15 @@ std::shared_ptr<const ImageTextDataset> ImageTextDataset::load(const DatasetConf
 
 ImageTextDataset::ImageTextDataset(std::string name, at::Tensor images, at::Tensor labels,
                                    std::vector<std::string> class_names, bool hflip)
-    : name_(std::move(name)),
+    : Dataset(std::move(name)),
       images_(images.contiguous()),
       labels_(labels.to(at::kLong).contiguous()),
       labels_ptr_(labels_.data_ptr<int64_t>()),
-      class_names_(std::move(class_names)),
+      label_sets_{LabelSet{"class", std::move(class_names), {}}},
       hflip_(hflip) {
   TORCH_CHECK(images_.dim() == 3 && images_.scalar_type() == at::kByte,
               "images must be [N, H, W] uint8, got ", images_.sizes(), " ", images_.scalar_type());
-  TORCH_CHECK(images_.size(0) == labels_.size(0), "dataset '", name_, "' has ", images_.size(0),
+  TORCH_CHECK(images_.size(0) == labels_.size(0), "dataset '", Dataset::name(), "' has ", images_.size(0),
               " images but ", labels_.size(0), " labels");
   attributes_.reserve(images_.size(0));
   for (int64_t i = 0; i < images_.size(0); ++i) attributes_.push_back(image_attributes(images_[i]));
@@ -50,15 +50,42 @@ at::Tensor ImageTextDataset::images(const std::vector<int64_t>& indices,
   return out;
 }
 
-at::Tensor ImageTextDataset::labels(const std::vector<int64_t>& indices) const {
-  at::Tensor out = at::empty({static_cast<int64_t>(indices.size())}, at::kLong);
-  int64_t* dst = out.data_ptr<int64_t>();
-  for (int64_t index : indices) *dst++ = labels_ptr_[index];
-  return out;
+at::Tensor ImageTextDataset::input(const std::string& modality, const std::vector<int64_t>& indices,
+                                   const std::vector<uint64_t>& draws) const {
+  IMP_REQUIRE(ConfigError, modality == "image", "dataset '", Dataset::name(), "' has images, not ", modality);
+  std::vector<bool> flip(indices.size(), false);
+  for (size_t b = 0; b < indices.size(); ++b) flip[b] = hflip_ && (draws[b] & 1) != 0;
+  return images(indices, flip);
 }
 
-std::string ImageTextDataset::caption(int64_t index, uint64_t variant) const {
-  return make_caption(class_names_[labels_ptr_[index]], attributes_[index], variant);
+at::Tensor ImageTextDataset::eval_input(const std::string& modality,
+                                        const std::vector<int64_t>& indices, int view) const {
+  IMP_REQUIRE(ConfigError, modality == "image", "dataset '", Dataset::name(), "' has images, not ", modality);
+  return images(indices, {});
+}
+
+std::string ImageTextDataset::caption(int64_t index, uint64_t draw) const {
+  return make_caption(class_names()[labels_ptr_[index]], attributes_[index], draw >> 1);
+}
+
+std::vector<std::string> ImageTextDataset::text_corpus() const {
+  return caption_corpus(class_names());
+}
+
+void ImageTextDataset::check_model_fits(const ModelConfig& model) const {
+  check_vision_fits(model.vision, *this);
+}
+
+void check_vision_fits(const VisionConfig& vision, const ImageTextDataset& data) {
+  const int64_t height = data.image_height(), width = data.image_width();
+  IMP_REQUIRE(ConfigError, vision.channels == 1, "dataset '", data.name(),
+              "' has grey images (1 channel) but model.vision.channels is ", vision.channels,
+              "; set model.vision.channels=1");
+  IMP_REQUIRE(ConfigError, height % vision.patch[1] == 0 && width % vision.patch[2] == 0,
+              "dataset '", data.name(), "' has ", height, "x", width,
+              " images, which model.vision.patch ", vision.patch[1], "x", vision.patch[2],
+              " does not divide; choose a patch that divides them, e.g. "
+              "model.vision.patch=[4,7,7] with model.vision.grid=[2,4,4] for 28x28");
 }
 
 }  // namespace imp

@@ -12,21 +12,38 @@
 
 #include "imp/config/config.h"
 #include "imp/data/captions.h"
+#include "imp/data/dataset.h"
 
 namespace imp {
 
-class ImageTextDataset {
+// Modalities: image. One label set, "class". A training draw's bit 0 decides
+// the flip and its other bits the caption wording.
+class ImageTextDataset : public Dataset {
  public:
-  // Loads the split of the dataset that `config` describes.
+  // Loads the split of the fashion_mnist dataset that `config` describes.
   static std::shared_ptr<const ImageTextDataset> load(const DatasetConfig& config, bool train);
 
   ImageTextDataset(std::string name, at::Tensor images, at::Tensor labels,
                    std::vector<std::string> class_names, bool hflip = false);
 
-  const std::string& name() const { return name_; }
-  int64_t size() const { return labels_.size(0); }
-  int64_t num_classes() const { return static_cast<int64_t>(class_names_.size()); }
-  const std::vector<std::string>& class_names() const { return class_names_; }
+  int64_t size() const override { return labels_.size(0); }
+  int64_t num_classes() const { return static_cast<int64_t>(class_names().size()); }
+  const std::vector<std::string>& class_names() const { return label_sets_[0].class_names; }
+  const std::vector<LabelSet>& label_sets() const override { return label_sets_; }
+  int64_t label(int64_t index, int set = 0) const override { return labels_ptr_[index]; }
+  std::vector<std::string> modalities() const override { return {"image"}; }
+  at::Tensor input(const std::string& modality, const std::vector<int64_t>& indices,
+                   const std::vector<uint64_t>& draws) const override;
+  at::Tensor eval_input(const std::string& modality, const std::vector<int64_t>& indices,
+                        int view) const override;
+  std::string caption(int64_t index, uint64_t draw) const override;
+  std::vector<std::string> text_corpus() const override;
+  void check_model_fits(const ModelConfig& model) const override;
+
+  // The raw images, [N, H, W] uint8, and the measured attributes of image `index`.
+  const at::Tensor& raw_images() const { return images_; }
+  const ImageAttributes& attributes(int64_t index) const { return attributes_[index]; }
+
   int64_t image_height() const { return images_.size(1); }
   int64_t image_width() const { return images_.size(2); }
   bool hflip() const { return hflip_; }  // whether training batches mirror images at random
@@ -36,21 +53,18 @@ class ImageTextDataset {
   // plain loops so that batch workers never start LibTorch thread pools.
   at::Tensor images(const std::vector<int64_t>& indices, const std::vector<bool>& flip) const;
 
-  at::Tensor labels(const std::vector<int64_t>& indices) const;  // [B] int64
-  int64_t label(int64_t index) const { return labels_ptr_[index]; }
-
-  // Caption of image `index` in wording `variant` (any integer; the template
-  // is chosen from it).
-  std::string caption(int64_t index, uint64_t variant) const;
 
  private:
-  std::string name_;
   at::Tensor images_;  // [N, H, W] uint8
   at::Tensor labels_;  // [N] int64
   const int64_t* labels_ptr_;
-  std::vector<std::string> class_names_;
+  std::vector<LabelSet> label_sets_;
   std::vector<ImageAttributes> attributes_;  // per image
   bool hflip_;
 };
+
+// Throws ConfigError naming the model.vision keys when the vision embedder
+// cannot take `data`'s images (channels, or a patch that does not divide them).
+void check_vision_fits(const VisionConfig& vision, const ImageTextDataset& data);
 
 }  // namespace imp

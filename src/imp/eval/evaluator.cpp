@@ -1,5 +1,6 @@
 #include "imp/eval/evaluator.h"
 
+#include <chrono>
 #include <cstdio>
 #include <numeric>
 #include <set>
@@ -9,7 +10,7 @@
 #include "imp/core/autocast.h"
 #include "imp/core/random.h"
 #include "imp/data/captions.h"
-#include "imp/data/image_text_dataset.h"
+#include "imp/data/dataset.h"
 #include "imp/eval/linear_probe.h"
 #include "imp/eval/metrics.h"
 
@@ -18,10 +19,12 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-struct ImageFeatures {
-  at::Tensor pooled;     // [N, D]
-  at::Tensor embedding;  // [N, P], L2-normalised
-  at::Tensor logits;     // [N, K], undefined without a classifier head
+// What a model computed for every example of a split in one modality,
+// averaged over the modality's evaluation views (e.g. the clips of a video).
+struct Features {
+  at::Tensor pooled;                // [N, D]
+  at::Tensor embedding;             // [N, P], L2-normalised; undefined without projection
+  std::map<int, at::Tensor> logits;  // label set -> [N, K], for the trained heads
 };
 
 std::vector<int64_t> index_range(int64_t begin, int64_t end) {
@@ -30,23 +33,41 @@ std::vector<int64_t> index_range(int64_t begin, int64_t end) {
   return out;
 }
 
-ImageFeatures embed_images(ImpModel& model, const ImageTextDataset& data,
-                           const std::vector<int64_t>& indices, bool with_head,
-                           const Config& config, c10::Device device) {
+Features embed(ImpModel& model, const Dataset& data, const std::string& modality,
+               const std::vector<int64_t>& indices, const std::set<int>& heads, bool project,
+               const Config& config, c10::Device device) {
   AutocastScope autocast(device.type(), config.train.dtype == "bf16");
-  std::vector<at::Tensor> pooled, embedding, logits;
+  const int views = data.eval_views(modality);
+  std::vector<at::Tensor> pooled, embedding;
+  std::map<int, std::vector<at::Tensor>> logits;
   const int64_t batch = config.eval.batch_size;
   for (size_t start = 0; start < indices.size(); start += batch) {
     const size_t end = std::min(indices.size(), start + batch);
     std::vector<int64_t> chunk(indices.begin() + start, indices.begin() + end);
-    at::Tensor images = data.images(chunk, {}).to(device);
-    Encoded encoded = model->encode(kImage, images);
-    pooled.push_back(encoded.pooled.to(at::kFloat).cpu());
-    embedding.push_back(F::normalize(model->project(kImage, encoded.pooled).to(at::kFloat)).cpu());
-    if (with_head) logits.push_back(model->classify(data.name(), encoded.pooled).to(at::kFloat).cpu());
+    at::Tensor pooled_sum, embedding_sum;
+    std::map<int, at::Tensor> logits_sum;
+    for (int view = 0; view < views; ++view) {
+      at::Tensor input = data.eval_input(modality, chunk, view).to(device);
+      Encoded encoded = model->encode(modality, input);
+      at::Tensor p = encoded.pooled.to(at::kFloat);
+      pooled_sum = view == 0 ? p : pooled_sum + p;
+      if (project) {
+        at::Tensor e = F::normalize(model->project(modality, encoded.pooled).to(at::kFloat));
+        embedding_sum = view == 0 ? e : embedding_sum + e;
+      }
+      for (int set : heads) {
+        at::Tensor l = model->classify(classifier_name(data, set), encoded.pooled).to(at::kFloat);
+        logits_sum[set] = view == 0 ? l : logits_sum[set] + l;
+      }
+    }
+    pooled.push_back((pooled_sum / views).cpu());
+    if (project) embedding.push_back(F::normalize(embedding_sum).cpu());
+    for (int set : heads) logits[set].push_back((logits_sum[set] / views).cpu());
   }
-  ImageFeatures out{torch::cat(pooled), torch::cat(embedding), {}};
-  if (with_head) out.logits = torch::cat(logits);
+  Features out;
+  out.pooled = torch::cat(pooled);
+  if (project) out.embedding = torch::cat(embedding);
+  for (auto& [set, parts] : logits) out.logits[set] = torch::cat(parts);
   return out;
 }
 
@@ -68,53 +89,86 @@ at::Tensor embed_texts(ImpModel& model, const Tokenizer& tokenizer,
 }
 
 // Class embeddings [K, P]: each class's prompts embedded, averaged, renormalised.
-at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer,
-                            const std::vector<std::string>& class_names, const Config& config,
-                            c10::Device device) {
+at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer, const LabelSet& set,
+                            const Config& config, c10::Device device) {
   const std::vector<std::string> prompts =
-      config.eval.prompts.empty() ? default_prompts() : config.eval.prompts;
+      !set.prompts.empty() ? set.prompts
+                           : (config.eval.prompts.empty() ? default_prompts() : config.eval.prompts);
   std::vector<std::string> texts;
-  for (const std::string& name : class_names) {
+  for (const std::string& name : set.class_names) {
     for (const std::string& prompt : prompts) texts.push_back(fill_prompt(prompt, name));
   }
   at::Tensor embedded = embed_texts(model, tokenizer, texts, config, device);  // [K * prompts, P]
   at::Tensor per_class = embedded.reshape(
-      {static_cast<int64_t>(class_names.size()), static_cast<int64_t>(prompts.size()), -1});
+      {static_cast<int64_t>(set.class_names.size()), static_cast<int64_t>(prompts.size()), -1});
   return F::normalize(per_class.mean(1));
 }
 
-// Caption of each test image, and the index of its distinct text.
+// The caption of each test example, the distinct texts, and the groups that
+// decide which matches count in retrieval: examples whose captions mean the
+// same share a group (the dataset's caption groups, else identical text).
 struct TestCaptions {
   std::vector<std::string> distinct;
-  at::Tensor text_of_image;  // [N] int64 index into `distinct`
+  at::Tensor text_of_example;  // [N] int64 index into `distinct`
+  at::Tensor example_groups;   // [N] int64
+  at::Tensor text_groups;      // [distinct] int64
 };
 
-TestCaptions test_captions(const ImageTextDataset& data, uint64_t seed) {
+TestCaptions test_captions(const Dataset& data, const std::vector<int64_t>& indices) {
   TestCaptions out;
   std::map<std::string, int64_t> seen;
-  out.text_of_image = at::empty({data.size()}, at::kLong);
-  for (int64_t i = 0; i < data.size(); ++i) {
-    const std::string caption = data.caption(i, mix64(seed, static_cast<uint64_t>(i)));
+  const size_t n = indices.size();
+  std::vector<int64_t> text_of_example(n), example_groups(n), text_groups;
+  for (size_t j = 0; j < n; ++j) {
+    const int64_t i = indices[j];
+    const std::string caption = data.caption(i, Dataset::eval_draw(i));
     auto [it, inserted] = seen.emplace(caption, static_cast<int64_t>(out.distinct.size()));
-    if (inserted) out.distinct.push_back(caption);
-    out.text_of_image[i] = it->second;
+    const int64_t group = data.caption_group(i) >= 0 ? data.caption_group(i) : it->second;
+    if (inserted) {
+      out.distinct.push_back(caption);
+      text_groups.push_back(group);
+    }
+    text_of_example[j] = it->second;
+    example_groups[j] = group;
   }
+  out.text_of_example = torch::tensor(text_of_example, at::kLong);
+  out.example_groups = torch::tensor(example_groups, at::kLong);
+  out.text_groups = torch::tensor(text_groups, at::kLong);
   return out;
 }
 
+// What the tasks trained on one dataset, and so what can be evaluated.
 struct DatasetUse {
-  bool head = false;      // a classification task trained this dataset's head
-  bool contrast = false;  // an image-text task trained the projections
+  std::map<std::string, std::set<int>> heads;                // modality -> label sets
+  std::set<std::string> with_text;                           // modalities contrasted with text
+  std::set<std::pair<std::string, std::string>> pairs;       // contrasted non-text modalities
+
+  std::set<std::string> modalities() const {
+    std::set<std::string> out = with_text;
+    for (const auto& [modality, sets] : heads) out.insert(modality);
+    for (const auto& [a, b] : pairs) out.insert({a, b});
+    return out;
+  }
+  bool projected(const std::string& modality) const {
+    if (with_text.count(modality)) return true;
+    for (const auto& [a, b] : pairs) {
+      if (a == modality || b == modality) return true;
+    }
+    return false;
+  }
 };
 
-std::map<std::string, DatasetUse> dataset_uses(const Config& config) {
+std::map<std::string, DatasetUse> dataset_uses(
+    const Config& config, const std::map<std::string, std::shared_ptr<const Dataset>>& tests) {
   std::map<std::string, DatasetUse> uses;
   for (const TaskConfig& task : config.tasks) {
     DatasetUse& use = uses[task.dataset];
-    if (task.objective == "nce") {
-      use.contrast = true;
+    if (task.objective != "nce") {
+      use.heads[task.modalities[0]].insert(tests.at(task.dataset)->label_set_index(task.label));
+    } else if (task.modalities[1] == kText) {
+      use.with_text.insert(task.modalities[0]);
     } else {
-      use.head = true;
+      use.pairs.insert({task.modalities[0], task.modalities[1]});
     }
   }
   return uses;
@@ -128,44 +182,92 @@ std::vector<int64_t> strided_indices(int64_t size, int64_t count) {
   return out;
 }
 
+// One letter per modality for retrieval metric names, as in "v2t_r1".
+std::string letter(const std::string& modality) { return modality.substr(0, 1); }
+
 void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig& dataset,
-                      const DatasetUse& use, const Tokenizer& tokenizer, c10::Device device,
-                      std::map<std::string, double>& metrics) {
-  const std::string prefix = dataset.name + "/";
-  auto test = ImageTextDataset::load(dataset, /*train=*/false);
-  const at::Tensor labels = test->labels(index_range(0, test->size()));
-  ImageFeatures features =
-      embed_images(model, *test, index_range(0, test->size()), use.head, config, device);
+                      const Dataset& test, const DatasetUse& use, const Tokenizer& tokenizer,
+                      c10::Device device, std::map<std::string, double>& metrics) {
+  const std::vector<int64_t> all =
+      strided_indices(test.size(), dataset.eval_examples > 0 ? dataset.eval_examples : test.size());
+  const std::vector<LabelSet>& sets = test.label_sets();
+  const bool several_sets = sets.size() > 1;
+  const std::string own_modality = test.modalities().front();
 
-  if (use.head) metrics[prefix + "head_top1"] = top1_accuracy(features.logits, labels);
+  std::map<std::string, Features> features;
+  for (const std::string& modality : use.modalities()) {
+    auto heads = use.heads.find(modality);
+    features[modality] =
+        embed(model, test, modality, all, heads == use.heads.end() ? std::set<int>() : heads->second,
+              use.projected(modality), config, device);
+  }
 
-  if (use.contrast) {
-    at::Tensor classes = class_embeddings(model, tokenizer, test->class_names(), config, device);
-    metrics[prefix + "zeroshot_top1"] = top1_accuracy(features.embedding.matmul(classes.t()), labels);
-
-    TestCaptions captions = test_captions(*test, config.train.seed);
-    at::Tensor texts = embed_texts(model, tokenizer, captions.distinct, config, device);
-    at::Tensor text_ids = torch::arange(static_cast<int64_t>(captions.distinct.size()));
-    for (int k : config.eval.recall_at) {
-      const std::string at_k = std::to_string(k);
-      // Images query the distinct captions; each image's caption queries the images.
-      metrics[prefix + "i2t_r" + at_k] = recall_at_k(features.embedding.matmul(texts.t()),
-                                                     captions.text_of_image, text_ids, k);
-      at::Tensor queries = texts.index_select(0, captions.text_of_image);  // [N, P]
-      metrics[prefix + "t2i_r" + at_k] = recall_at_k(queries.matmul(features.embedding.t()),
-                                                     captions.text_of_image,
-                                                     captions.text_of_image, k);
+  for (const auto& [modality, head_sets] : use.heads) {
+    const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
+    for (int set : head_sets) {
+      const std::string name = several_sets ? sets[set].name + "_top1" : "head_top1";
+      metrics[prefix + name] = top1_accuracy(features[modality].logits.at(set), test.labels(all, set));
     }
   }
 
-  auto train = ImageTextDataset::load(dataset, /*train=*/true);
-  std::vector<int64_t> probe = strided_indices(train->size(), config.eval.linear_probe_examples);
-  ImageFeatures train_features = embed_images(model, *train, probe, false, config, device);
-  LinearProbeOptions probe_options;
-  probe_options.steps = config.eval.linear_probe_steps;
-  metrics[prefix + "linear_probe_top1"] =
-      linear_probe_accuracy(train_features.pooled, train->labels(probe), features.pooled, labels,
-                            train->num_classes(), probe_options);
+  if (!use.with_text.empty()) {
+    TestCaptions captions = test_captions(test, all);
+    at::Tensor texts = embed_texts(model, tokenizer, captions.distinct, config, device);
+    at::Tensor example_texts = texts.index_select(0, captions.text_of_example);  // [N, P]
+    for (const std::string& modality : use.with_text) {
+      const at::Tensor& embedding = features[modality].embedding;
+      const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
+      for (size_t set = 0; set < sets.size(); ++set) {
+        at::Tensor classes = class_embeddings(model, tokenizer, sets[set], config, device);
+        const std::string name = (several_sets ? sets[set].name + "_" : "") + "zeroshot_top1";
+        metrics[prefix + name] =
+            top1_accuracy(embedding.matmul(classes.t()), test.labels(all, static_cast<int>(set)));
+      }
+      // Examples query the distinct captions; each example's caption queries the examples.
+      const std::string x = letter(modality);
+      for (int k : config.eval.recall_at) {
+        const std::string at_k = std::to_string(k);
+        metrics[dataset.name + "/" + x + "2t_r" + at_k] = recall_at_k(
+            embedding.matmul(texts.t()), captions.example_groups, captions.text_groups, k);
+        metrics[dataset.name + "/t2" + x + "_r" + at_k] = recall_at_k(
+            example_texts.matmul(embedding.t()), captions.example_groups, captions.example_groups, k);
+      }
+    }
+  }
+
+  if (!use.pairs.empty()) {
+    // Examples that mean the same match each other; without caption groups
+    // only the example itself matches.
+    std::vector<int64_t> groups(all.size());
+    for (size_t j = 0; j < all.size(); ++j) {
+      groups[j] = test.caption_group(all[j]) >= 0 ? test.caption_group(all[j]) : all[j];
+    }
+    const at::Tensor group_tensor = torch::tensor(groups, at::kLong);
+    for (const auto& [a, b] : use.pairs) {
+      const at::Tensor scores = features[a].embedding.matmul(features[b].embedding.t());
+      for (int k : config.eval.recall_at) {
+        const std::string at_k = std::to_string(k);
+        metrics[dataset.name + "/" + letter(a) + "2" + letter(b) + "_r" + at_k] =
+            recall_at_k(scores, group_tensor, group_tensor, k);
+        metrics[dataset.name + "/" + letter(b) + "2" + letter(a) + "_r" + at_k] =
+            recall_at_k(scores.t(), group_tensor, group_tensor, k);
+      }
+    }
+  }
+
+  // A linear probe on frozen features of the training images (image
+  // datasets only: video and audio would need a second pass over their
+  // training split).
+  if (own_modality == kImage && features.count(kImage)) {
+    auto train = load_dataset(dataset, config.model, /*train=*/true, config.cache_dir);
+    std::vector<int64_t> probe = strided_indices(train->size(), config.eval.linear_probe_examples);
+    Features train_features = embed(model, *train, kImage, probe, {}, false, config, device);
+    LinearProbeOptions probe_options;
+    probe_options.steps = config.eval.linear_probe_steps;
+    metrics[dataset.name + "/linear_probe_top1"] = linear_probe_accuracy(
+        train_features.pooled, train->labels(probe), features[kImage].pooled, test.labels(all),
+        static_cast<int64_t>(sets[0].class_names.size()), probe_options);
+  }
 }
 
 }  // namespace
@@ -176,15 +278,24 @@ std::map<std::string, double> evaluate(ImpModel& model, const Config& config,
   const bool was_training = model->is_training();
   model->eval();
   model->set_collect_routing(false);
-  // Only the model's passes run under autocast (see embed_images and
-  // embed_texts): the linear probe's L-BFGS needs fp32 to make progress.
+  // Only the model's passes run under autocast (see embed and embed_texts):
+  // the linear probe's L-BFGS needs fp32 to make progress.
 
+  std::map<std::string, std::shared_ptr<const Dataset>> tests;
+  for (const DatasetConfig& dataset : config.datasets) {
+    tests[dataset.name] = load_dataset(dataset, config.model, /*train=*/false, config.cache_dir);
+  }
   std::map<std::string, double> metrics;
-  const auto uses = dataset_uses(config);
+  const auto uses = dataset_uses(config, tests);
   for (const DatasetConfig& dataset : config.datasets) {
     auto use = uses.find(dataset.name);
     if (use == uses.end()) continue;
-    evaluate_dataset(model, config, dataset, use->second, tokenizer, device, metrics);
+    const auto start = std::chrono::steady_clock::now();
+    evaluate_dataset(model, config, dataset, *tests.at(dataset.name), use->second, tokenizer,
+                     device, metrics);
+    std::printf("evaluated %s in %.1f s\n", dataset.name.c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    std::fflush(stdout);
   }
 
   model->set_collect_routing(true);
@@ -193,12 +304,12 @@ std::map<std::string, double> evaluate(ImpModel& model, const Config& config,
 }
 
 void print_results(const std::map<std::string, double>& metrics) {
-  std::printf("\n%-16s %-20s %8s\n", "dataset", "metric", "value");
+  std::printf("\n%-16s %-24s %8s\n", "dataset", "metric", "value");
   for (const auto& [name, value] : metrics) {
     const size_t slash = name.find('/');
     const std::string dataset = slash == std::string::npos ? "" : name.substr(0, slash);
     const std::string metric = slash == std::string::npos ? name : name.substr(slash + 1);
-    std::printf("%-16s %-20s %8.4f\n", dataset.c_str(), metric.c_str(), value);
+    std::printf("%-16s %-24s %8.4f\n", dataset.c_str(), metric.c_str(), value);
   }
   std::fflush(stdout);
 }

@@ -162,13 +162,26 @@ RoutingMetrics compute_routing_metrics(const RoutingPlan& plan, const torch::Ten
   torch::Tensor dropped = valid_flat.logical_and(times_processed == 0).sum();
   torch::Tensor num_tokens = valid_flat.sum();
 
+  // First choices of the real tokens (zeros without probabilities).
+  torch::Tensor top_choice = torch::zeros({num_experts}, tokens_per_expert.options());
+  if (plan.probs.defined()) {
+    torch::Tensor first = plan.probs.argmax(-1).reshape(-1);  // [G*S]
+    top_choice = (torch::one_hot(first, num_experts) * valid_flat.unsqueeze(1).to(torch::kLong))
+                     .sum(0)
+                     .to(tokens_per_expert.scalar_type());
+  }
+
   // One device-to-host copy for all counts.
-  torch::Tensor host = torch::cat({tokens_per_expert, num_tokens.view({1}), dropped.view({1})})
-                           .to(torch::kCPU);  // [E + 2]
+  torch::Tensor host = torch::cat({tokens_per_expert, num_tokens.view({1}), dropped.view({1}),
+                                   top_choice})
+                           .to(torch::kCPU);  // [2E + 2]
   RoutingMetrics metrics;
   metrics.tokens_per_expert = host.narrow(0, 0, num_experts).clone();
   metrics.num_tokens = host[num_experts].item<int64_t>();
   metrics.dropped_tokens = host[num_experts + 1].item<int64_t>();
+  if (plan.probs.defined()) {
+    metrics.top_choice_per_expert = host.narrow(0, num_experts + 2, num_experts).clone();
+  }
   metrics.capacity = plan.capacity;
   metrics.num_groups = valid.size(0);
   return metrics;
@@ -204,10 +217,11 @@ torch::Tensor RouterImpl::forward(const torch::Tensor& x) {
 
 RoutingPlan RouterImpl::route(const torch::Tensor& x, const torch::Tensor& valid) {
   torch::Tensor probs = forward(x);  // [G, S, E]
-  if (config_.router == "token_choice") {
-    return route_token_choice(probs, valid, config_.top_k, config_.capacity_factor);
-  }
-  return route_experts_choose(probs, valid, config_.capacity_factor);
+  RoutingPlan plan = config_.router == "token_choice"
+                         ? route_token_choice(probs, valid, config_.top_k, config_.capacity_factor)
+                         : route_experts_choose(probs, valid, config_.capacity_factor);
+  plan.probs = probs.detach();
+  return plan;
 }
 
 }  // namespace imp

@@ -31,6 +31,7 @@ struct RoutingPlan {
   torch::Tensor combine_weight;  // [E, G*C] router dtype; 0 where the output is dropped
   torch::Tensor slot_valid;      // [E, G*C] bool, the slot contains a real (unmasked) token
   torch::Tensor aux_loss;        // scalar, load-balancing loss; 0 for experts_choose
+  torch::Tensor probs;           // [G, S, E] router probabilities, for metrics; may be undefined
   int64_t capacity = 0;          // C
 };
 
@@ -40,6 +41,11 @@ struct RoutingMetrics {
       tokens_per_expert;       // [E] int64 on the CPU; a token counts once per expert that took it
   int64_t num_tokens = 0;      // real tokens in
   int64_t dropped_tokens = 0;  // real tokens that no expert processed
+  // [E] int64 on the CPU: real tokens whose highest router probability is
+  // expert e. Under experts-choose every expert fills its slots whatever the
+  // tokens, so this, not tokens_per_expert, shows which experts a modality's
+  // tokens prefer. Undefined when the plan carries no probabilities.
+  torch::Tensor top_choice_per_expert;
   int64_t capacity = 0;        // C, slots per expert and group
   int64_t num_groups = 0;      // G
 };
@@ -75,8 +81,9 @@ RoutingPlan route_experts_choose(const torch::Tensor& probs, const torch::Tensor
 RoutingPlan route_token_choice(const torch::Tensor& probs, const torch::Tensor& valid,
                                int64_t top_k, double capacity_factor);
 
-// Counts real tokens per expert and dropped tokens of `plan`. valid: [G, S].
-// Copies E + 2 numbers to the host, which synchronises with the device.
+// Counts real tokens per expert, dropped tokens and, when the plan carries
+// router probabilities, each expert's first choices. valid: [G, S].
+// Copies 2E + 2 numbers to the host, which synchronises with the device.
 RoutingMetrics compute_routing_metrics(const RoutingPlan& plan, const torch::Tensor& valid);
 
 // The learned gate: a linear map D -> E without bias, followed by a softmax

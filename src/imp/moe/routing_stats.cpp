@@ -1,5 +1,6 @@
 #include "imp/moe/routing_stats.h"
 
+#include <cstdio>
 #include <numeric>
 #include <utility>
 
@@ -12,6 +13,15 @@ std::vector<double> RoutingCounts::expert_share() const {
   if (total == 0) return share;
   for (size_t e = 0; e < share.size(); ++e) {
     share[e] = static_cast<double>(tokens_per_expert[e]) / static_cast<double>(total);
+  }
+  return share;
+}
+
+std::vector<double> RoutingCounts::top_choice_share() const {
+  std::vector<double> share(top_choice_per_expert.size(), 0.0);
+  if (num_tokens == 0) return share;
+  for (size_t e = 0; e < share.size(); ++e) {
+    share[e] = static_cast<double>(top_choice_per_expert[e]) / static_cast<double>(num_tokens);
   }
   return share;
 }
@@ -33,6 +43,13 @@ void RoutingStats::add(int layer, const std::string& modality, const RoutingMetr
 
   const int64_t* data = per_expert.data_ptr<int64_t>();
   for (int64_t e = 0; e < num_experts; ++e) counts.tokens_per_expert[e] += data[e];
+  if (metrics.top_choice_per_expert.defined()) {
+    torch::Tensor top = metrics.top_choice_per_expert.to(torch::kCPU, torch::kLong).contiguous();
+    TORCH_CHECK(top.numel() == num_experts, "layer ", layer, " (", modality, ") reports ",
+                top.numel(), " first-choice counts for ", num_experts, " experts");
+    counts.top_choice_per_expert.resize(num_experts, 0);
+    for (int64_t e = 0; e < num_experts; ++e) counts.top_choice_per_expert[e] += top.data_ptr<int64_t>()[e];
+  }
   counts.num_tokens += metrics.num_tokens;
   counts.dropped_tokens += metrics.dropped_tokens;
   counts.num_passes += 1;
@@ -70,6 +87,8 @@ nlohmann::json RoutingStats::to_json() const {
       modalities[modality] = {
           {"tokens_per_expert", counts.tokens_per_expert},
           {"expert_share", counts.expert_share()},
+          {"top_choice_per_expert", counts.top_choice_per_expert},
+          {"top_choice_share", counts.top_choice_share()},
           {"num_tokens", counts.num_tokens},
           {"dropped_tokens", counts.dropped_tokens},
           {"dropped_fraction", dropped_fraction},
@@ -81,6 +100,31 @@ nlohmann::json RoutingStats::to_json() const {
   }
   nlohmann::json result = {{"layers", layers}};
   return result;
+}
+
+std::string RoutingStats::report() const {
+  std::string out;
+  char line[256];
+  for (const auto& [layer, by_modality] : counts_) {
+    std::snprintf(line, sizeof(line), "routing, MoE layer %d: share of each modality's tokens per expert"
+                  " (taken / first choice)\n", layer);
+    out += line;
+    for (const auto& [modality, counts] : by_modality) {
+      std::snprintf(line, sizeof(line), "  %-6s", modality.c_str());
+      out += line;
+      const std::vector<double> first = counts.top_choice_share();
+      for (size_t e = 0; e < counts.tokens_per_expert.size(); ++e) {
+        const double taken = counts.num_tokens > 0 ? static_cast<double>(counts.tokens_per_expert[e]) /
+                                                         static_cast<double>(counts.num_tokens)
+                                                   : 0.0;
+        std::snprintf(line, sizeof(line), "  e%zu %5.1f%% / %5.1f%%", e, 100.0 * taken,
+                      e < first.size() ? 100.0 * first[e] : 0.0);
+        out += line;
+      }
+      out += "\n";
+    }
+  }
+  return out;
 }
 
 }  // namespace imp

@@ -19,10 +19,16 @@ struct RoutingCounts {
   int64_t num_tokens = 0;                  // real tokens in
   int64_t dropped_tokens = 0;              // real tokens that no expert processed
   int64_t num_passes = 0;                  // forward passes added
+  std::vector<int64_t> top_choice_per_expert;  // [E]; real tokens whose first choice is e
 
   // Fraction of this modality's expert slots that each expert took,
   // tokens_per_expert[e] / sum(tokens_per_expert); all zero before any token.
   std::vector<double> expert_share() const;
+
+  // Fraction of this modality's tokens whose first choice is each expert:
+  // which experts the router sends the modality to. Under experts-choose,
+  // where every expert fills its slots, this is what shows specialisation.
+  std::vector<double> top_choice_share() const;
 };
 
 // Routing counts per MoE layer index and modality name ("image", "text", ...).
@@ -44,9 +50,15 @@ class RoutingStats {
   const RoutingCounts* find(int layer, const std::string& modality) const;
 
   // {"layers": [{"layer": 3, "modalities": {"image": {"tokens_per_expert": [...],
-  //   "expert_share": [...], "num_tokens": n, "dropped_tokens": d,
+  //   "expert_share": [...], "top_choice_per_expert": [...],
+  //   "top_choice_share": [...], "num_tokens": n, "dropped_tokens": d,
   //   "dropped_fraction": d / n, "num_passes": p}, ...}}, ...]}, layers ascending.
   nlohmann::json to_json() const;
+
+  // A table for people: per MoE layer and modality, the share of the
+  // modality's tokens that each expert takes (tokens_per_expert over tokens;
+  // above 1/E in total when experts share tokens) and that pick it first.
+  std::string report() const;
 
  private:
   std::map<int, std::map<std::string, RoutingCounts>> counts_;

@@ -11,17 +11,40 @@
 namespace imp {
 namespace {
 
-// Tokens the vision embedder makes from `images` [B, C, T, H, W].
-int64_t vision_tokens(const ModelConfig& model, const torch::Tensor& images) {
+// Tokens the embedder of `modality` makes from `input`; text counts its real
+// tokens through `mask`.
+int64_t count_tokens(const ModelConfig& model, const std::string& modality,
+                     const torch::Tensor& input, const torch::Tensor& mask = {}) {
+  if (modality == kText) return mask.defined() ? mask.sum().item<int64_t>() : input.numel();
+  if (modality == kAudio) {
+    const auto& p = model.audio.patch;
+    return input.size(0) * (input.size(1) / p[0]) * (input.size(2) / p[1]);
+  }
   const auto& p = model.vision.patch;
-  const int64_t frames = std::max<int64_t>(images.size(2), p[0]);  // short clips are repeated
-  return images.size(0) * (frames / p[0]) * (images.size(3) / p[1]) * (images.size(4) / p[2]);
+  const int64_t frames = std::max<int64_t>(input.size(2), p[0]);  // short clips are repeated
+  return input.size(0) * (frames / p[0]) * (input.size(3) / p[1]) * (input.size(4) / p[2]);
 }
 
 }  // namespace
 
-Task::Task(TaskConfig config, std::shared_ptr<const ImageTextDataset> data, uint64_t seed)
-    : config_(std::move(config)), data_(std::move(data)), seed_(mix64(seed, hash_name(config_.name))) {}
+Task::Task(TaskConfig config, std::shared_ptr<const Dataset> data, uint64_t seed)
+    : config_(std::move(config)), data_(std::move(data)), seed_(mix64(seed, hash_name(config_.name))) {
+  for (const std::string& modality : config_.modalities) {
+    if (modality == kText) continue;
+    if (!data_->has_modality(modality)) {
+      std::string offered;
+      for (const std::string& own : data_->modalities()) offered += own + ", ";
+      throw ConfigError(str_cat("task '", config_.name, "': dataset '", data_->name(),
+                                "' has no ", modality, "; it offers ", offered,
+                                "and text. Change the task's modalities or its dataset"));
+    }
+  }
+  try {
+    label_set_ = data_->label_set_index(config_.label);
+  } catch (const ConfigError& e) {
+    throw ConfigError(str_cat("task '", config_.name, "', key label: ", e.what()));
+  }
+}
 
 std::shared_ptr<const std::vector<int64_t>> Task::epoch_order(int64_t epoch) const {
   std::lock_guard<std::mutex> lock(order_mutex_);
@@ -46,25 +69,27 @@ Batch Task::make_batch(int64_t batch_index) const {
   const int64_t B = config_.batch_size, N = data_->size();
   std::vector<int64_t> indices(B);
   std::vector<uint64_t> draws(B);
-  std::vector<bool> flip(B, false);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t position = batch_index * B + b;  // in the endless stream of epochs
     indices[b] = (*epoch_order(position / N))[position % N];
     draws[b] = mix64(seed_ ^ 0x5bd1e995ULL, static_cast<uint64_t>(position));
-    flip[b] = data_->hflip() && (draws[b] & 1) != 0;
   }
 
   Batch batch;
-  batch.inputs[kImage] = data_->images(indices, flip);
-  batch.labels = data_->labels(indices);
+  for (const std::string& modality : config_.modalities) {
+    if (modality != kText) batch.inputs[modality] = data_->input(modality, indices, draws);
+  }
+  batch.labels = data_->labels(indices, label_set_);
   add_inputs(batch, indices, draws);
   return batch;
 }
 
 TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch) const {
-  const torch::Tensor& images = batch.inputs.at(kImage);
-  Encoded encoded = model->encode(kImage, images);
-  torch::Tensor logits = model->classify(config_.dataset, encoded.pooled).to(at::kFloat);  // [B, K]
+  const std::string& modality = config_.modalities.at(0);
+  const torch::Tensor& input = batch.inputs.at(modality);
+  Encoded encoded = model->encode(modality, input);
+  torch::Tensor logits =
+      model->classify(classifier_name(*data_, label_set_), encoded.pooled).to(at::kFloat);  // [B, K]
 
   TaskOutput out;
   if (config_.objective == "sigmoid_bce") {
@@ -76,87 +101,114 @@ TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch)
   out.loss = out.loss + model->config().moe.aux_loss_weight * encoded.aux_loss;
 
   out.metrics["accuracy"] = top1_accuracy(logits.detach(), batch.labels);
-  out.tokens = vision_tokens(model->config(), images);
+  out.tokens = count_tokens(model->config(), modality, input);
   return out;
 }
 
-ContrastiveTask::ContrastiveTask(TaskConfig config, std::shared_ptr<const ImageTextDataset> data,
+ContrastiveTask::ContrastiveTask(TaskConfig config, std::shared_ptr<const Dataset> data,
                                  uint64_t seed, Tokenizer tokenizer, int max_len,
                                  std::vector<std::string> prompts)
     : Task(std::move(config), std::move(data), seed),
       tokenizer_(std::move(tokenizer)),
       max_len_(max_len),
       prompts_(std::move(prompts)) {
+  const std::vector<std::string>& own = data_->label_sets()[label_set_].prompts;
+  if (!own.empty()) prompts_ = own;
   TORCH_CHECK(!prompts_.empty(), "label-text contrast needs at least one prompt template");
 }
 
 void ContrastiveTask::add_inputs(Batch& batch, const std::vector<int64_t>& indices,
                                  const std::vector<uint64_t>& draws) const {
+  const bool with_text = config_.modalities[1] == kText;
+  if (with_text && config_.text == "label") {
+    // Every example of a class is a positive of the class name, whichever
+    // prompt worded it.
+    batch.positive_groups = batch.labels;
+  } else {
+    // Captions that mean the same are positives (with_text: identical texts
+    // are found again in compute_loss).
+    std::vector<int64_t> groups(indices.size());
+    bool grouped = true;
+    for (size_t b = 0; b < indices.size(); ++b) {
+      groups[b] = data_->caption_group(indices[b]);
+      grouped = grouped && groups[b] >= 0;
+    }
+    if (grouped) batch.positive_groups = torch::tensor(groups, at::kLong);
+  }
+  if (!with_text) return;
+
+  const std::vector<std::string>& class_names = data_->label_sets()[label_set_].class_names;
   std::vector<std::string> texts;
   texts.reserve(indices.size());
   for (size_t b = 0; b < indices.size(); ++b) {
-    const uint64_t wording = draws[b] >> 1;  // bit 0 decides the flip
     if (config_.text == "label") {
-      const std::string& name = data_->class_names()[data_->label(indices[b])];
+      const uint64_t wording = mix64(draws[b], 0x1abe1ULL);
+      const std::string& name = class_names[data_->label(indices[b], label_set_)];
       texts.push_back(fill_prompt(prompts_[below(wording, prompts_.size())], name));
     } else {
-      texts.push_back(data_->caption(indices[b], wording));
+      texts.push_back(data_->caption(indices[b], draws[b]));
     }
   }
   TextBatch text = tokenizer_.encode_batch(texts, max_len_);
   batch.inputs[kText] = text.ids;
   batch.text_mask = text.mask;
-  // Label text: every example of a class is a positive of the class name,
-  // whichever prompt worded it.
-  if (config_.text == "label") batch.positive_groups = batch.labels;
 }
 
 TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) const {
-  const torch::Tensor& images = batch.inputs.at(kImage);
-  const torch::Tensor& ids = batch.inputs.at(kText);  // [B, L]
-  const int64_t L = ids.size(1);
+  const std::string& first = config_.modalities[0];
+  const std::string& second = config_.modalities[1];
+  const torch::Tensor& input = batch.inputs.at(first);
+  Encoded a = model->encode(first, input);
+  torch::Tensor z_a = model->project(first, a.pooled);  // [B, P]
 
-  // Encode each distinct text once and copy its embedding to the rows that
-  // share it: the same loss and gradients as encoding every row, for less work.
-  torch::Tensor keys = torch::cat({ids, batch.text_mask.to(at::kLong)}, 1);  // [B, 2L]
-  auto unique = at::unique_dim(keys, 0, /*sorted=*/true, /*return_inverse=*/true);
-  torch::Tensor distinct = std::get<0>(unique);  // [U, 2L]
-  torch::Tensor inverse = std::get<1>(unique);   // [B], row of each text in `distinct`
-  torch::Tensor distinct_mask = distinct.narrow(1, L, L).to(at::kBool);
-
-  Encoded image = model->encode(kImage, images);
-  Encoded text = model->encode(kText, distinct.narrow(1, 0, L), distinct_mask);
-  torch::Tensor z_image = model->project(kImage, image.pooled);                         // [B, P]
-  torch::Tensor z_text = model->project(kText, text.pooled).index_select(0, inverse);  // [B, P]
-
-  // Identical texts are positives; label text also groups by class.
-  torch::Tensor groups = batch.positive_groups.defined() ? batch.positive_groups : inverse;
   TaskOutput out;
-  out.loss = nce_loss(z_image, z_text, model->logit_scale(), torch::Tensor(), groups);
-  out.loss = out.loss + model->config().moe.aux_loss_weight * (image.aux_loss + text.aux_loss);
+  out.tokens = count_tokens(model->config(), first, input);
+  torch::Tensor z_b, aux_b, groups = batch.positive_groups;
+  if (second == kText) {
+    const torch::Tensor& ids = batch.inputs.at(kText);  // [B, L]
+    const int64_t L = ids.size(1);
+    // Encode each distinct text once and copy its embedding to the rows that
+    // share it: the same loss and gradients as encoding every row, for less work.
+    torch::Tensor keys = torch::cat({ids, batch.text_mask.to(at::kLong)}, 1);  // [B, 2L]
+    auto unique = at::unique_dim(keys, 0, /*sorted=*/true, /*return_inverse=*/true);
+    torch::Tensor distinct = std::get<0>(unique);  // [U, 2L]
+    torch::Tensor inverse = std::get<1>(unique);   // [B], row of each text in `distinct`
+    torch::Tensor distinct_mask = distinct.narrow(1, L, L).to(at::kBool);
+    Encoded text = model->encode(kText, distinct.narrow(1, 0, L), distinct_mask);
+    z_b = model->project(kText, text.pooled).index_select(0, inverse);  // [B, P]
+    aux_b = text.aux_loss;
+    out.tokens += distinct_mask.sum().item<int64_t>();
+    // Identical texts are positives whatever else groups the examples.
+    if (!groups.defined()) groups = inverse;
+  } else {
+    const torch::Tensor& other = batch.inputs.at(second);
+    Encoded b = model->encode(second, other);
+    z_b = model->project(second, b.pooled);
+    aux_b = b.aux_loss;
+    out.tokens += count_tokens(model->config(), second, other);
+  }
 
+  out.loss = nce_loss(z_a, z_b, model->logit_scale(), torch::Tensor(), groups);
+  out.loss = out.loss + model->config().moe.aux_loss_weight * (a.aux_loss + aux_b);
   out.metrics["accuracy"] =
-      nce_accuracy(z_image.detach(), z_text.detach(), torch::Tensor(), groups).item<double>();
-  out.tokens = vision_tokens(model->config(), images) + distinct_mask.sum().item<int64_t>();
+      nce_accuracy(z_a.detach(), z_b.detach(), torch::Tensor(), groups).item<double>();
   return out;
 }
 
-std::unique_ptr<Task> make_task(const TaskConfig& config,
-                                std::shared_ptr<const ImageTextDataset> data, uint64_t seed,
-                                const Tokenizer& tokenizer, int max_len,
+std::unique_ptr<Task> make_task(const TaskConfig& config, std::shared_ptr<const Dataset> data,
+                                uint64_t seed, const Tokenizer& tokenizer, int max_len,
                                 const std::vector<std::string>& prompts) {
-  // Image datasets feed images, and text made from their labels and pixels.
-  using Modalities = std::vector<std::string>;
+  const std::vector<std::string>& modalities = config.modalities;
   if (config.objective == "nce") {
-    IMP_REQUIRE(ConfigError, config.modalities == Modalities({kImage, kText}), "task '",
-                config.name, "': nce on image dataset '", config.dataset,
-                "' pairs images with text; set modalities: [image, text]");
+    IMP_REQUIRE(ConfigError, modalities.size() == 2 && modalities[0] != kText, "task '",
+                config.name, "': nce contrasts two modalities, text (if any) second, as in "
+                "modalities: [image, text] or [video, audio]");
     return std::make_unique<ContrastiveTask>(config, std::move(data), seed, tokenizer, max_len,
                                              prompts);
   }
-  IMP_REQUIRE(ConfigError, config.modalities == Modalities({kImage}), "task '", config.name,
-              "': objective ", config.objective, " on image dataset '", config.dataset,
-              "' classifies images; set modalities: [image]");
+  IMP_REQUIRE(ConfigError, modalities.size() == 1 && modalities[0] != kText, "task '",
+              config.name, "': objective ", config.objective,
+              " classifies one of image, video or audio, as in modalities: [image]");
   return std::make_unique<ClassificationTask>(config, std::move(data), seed);
 }
 

@@ -1,5 +1,7 @@
 // AGD tasks. A task owns its data pipeline (which examples, which inputs) and
 // its loss; the trainer only picks which task runs next.
+//
+// Dimension letters: B batch, L text length, P embedding width.
 #pragma once
 
 #include <map>
@@ -12,7 +14,7 @@
 
 #include "imp/config/config.h"
 #include "imp/data/batch.h"
-#include "imp/data/image_text_dataset.h"
+#include "imp/data/dataset.h"
 #include "imp/data/tokenizer.h"
 #include "imp/model/imp_model.h"
 
@@ -26,12 +28,16 @@ struct TaskOutput {
 
 class Task {
  public:
-  Task(TaskConfig config, std::shared_ptr<const ImageTextDataset> data, uint64_t seed);
+  // Throws ConfigError when `data` lacks a modality or the label set the
+  // task names.
+  Task(TaskConfig config, std::shared_ptr<const Dataset> data, uint64_t seed);
   virtual ~Task() = default;
 
   const TaskConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
   int64_t dataset_size() const { return data_->size(); }
+  const Dataset& data() const { return *data_; }
+  int label_set() const { return label_set_; }  // index into data().label_sets()
 
   // Batch number `batch_index` of this task's stream. Deterministic for the
   // seed and thread-safe, so workers may build batches in any order.
@@ -42,12 +48,13 @@ class Task {
 
  protected:
   // Fills task-specific inputs for the examples at `indices` (with their
-  // per-example random numbers `draws`) after the images and labels.
+  // per-example random numbers `draws`) after the other inputs and labels.
   virtual void add_inputs(Batch& batch, const std::vector<int64_t>& indices,
                           const std::vector<uint64_t>& draws) const {}
 
   TaskConfig config_;
-  std::shared_ptr<const ImageTextDataset> data_;
+  std::shared_ptr<const Dataset> data_;
+  int label_set_ = 0;
 
  private:
   // Example order of epoch `epoch`: a fresh permutation for every epoch.
@@ -58,21 +65,24 @@ class Task {
   mutable std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> orders_;
 };
 
-// Image (or video) classification with a per-dataset linear head on the
-// mean-pooled encoder output: softmax cross-entropy or sigmoid binary
-// cross-entropy against one-hot targets.
+// Classification of one modality (image, video or audio) with a linear head
+// per dataset and label set on the mean-pooled encoder output: softmax
+// cross-entropy or sigmoid binary cross-entropy against one-hot targets.
 class ClassificationTask : public Task {
  public:
   using Task::Task;
   TaskOutput compute_loss(ImpModel& model, const Batch& batch) const override;
 };
 
-// Symmetric NCE between images and text: the image's caption, or its class
-// name in a prompt (label-text contrast). Identical texts, and for label text
-// all examples of one class, are positives of each other.
+// Symmetric NCE between two modalities of the same examples: image, video
+// or audio against text (the example's caption, or its class name in a
+// prompt: label-text contrast), or two of image, video and audio (e.g. a
+// video and its spoken caption). Examples whose captions mean the same, and
+// for label text all examples of one class, are positives of each other.
 class ContrastiveTask : public Task {
  public:
-  ContrastiveTask(TaskConfig config, std::shared_ptr<const ImageTextDataset> data, uint64_t seed,
+  // `prompts` word label text when the label set brings no prompts of its own.
+  ContrastiveTask(TaskConfig config, std::shared_ptr<const Dataset> data, uint64_t seed,
                   Tokenizer tokenizer, int max_len, std::vector<std::string> prompts);
   TaskOutput compute_loss(ImpModel& model, const Batch& batch) const override;
 
@@ -86,9 +96,10 @@ class ContrastiveTask : public Task {
   std::vector<std::string> prompts_;  // label-text templates, "{}" = class name
 };
 
-// Builds the task `config` describes over `data`.
-std::unique_ptr<Task> make_task(const TaskConfig& config,
-                                std::shared_ptr<const ImageTextDataset> data, uint64_t seed,
+// Builds the task `config` describes over `data`. Throws ConfigError when
+// the modalities do not fit the objective or the data.
+std::unique_ptr<Task> make_task(const TaskConfig& config, std::shared_ptr<const Dataset> data,
+                                uint64_t seed,
                                 const Tokenizer& tokenizer, int max_len,
                                 const std::vector<std::string>& prompts);
 

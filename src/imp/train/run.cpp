@@ -63,7 +63,9 @@ std::map<std::string, double> run_train(const Config& config) {
 
   // Read the test splits now: a broken file should stop the run before
   // training, not after it.
-  for (const DatasetConfig& dataset : config.datasets) ImageTextDataset::load(dataset, false);
+  for (const DatasetConfig& dataset : config.datasets) {
+    load_dataset(dataset, config.model, /*train=*/false, config.cache_dir);
+  }
 
   Trainer trainer(config);
   std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %d threads, %s\n",
@@ -80,8 +82,9 @@ std::map<std::string, double> run_train(const Config& config) {
   // on the cache.
   fs::copy_file(trainer.tokenizer_path(), workdir / "tokenizer.model",
                 fs::copy_options::overwrite_existing);
-  write_file_atomically(workdir / "routing.json",
-                        trainer.model()->routing_stats().to_json().dump(2) + "\n");
+  const RoutingStats& routing = trainer.model()->routing_stats();
+  write_file_atomically(workdir / "routing.json", routing.to_json().dump(2) + "\n");
+  std::printf("%s", routing.report().c_str());
 
   std::map<std::string, double> metrics =
       evaluate(trainer.model(), config, trainer.tokenizer(), trainer.device());
@@ -108,18 +111,16 @@ std::map<std::string, double> run_eval(const std::string& workdir,
   }
   Config config = load_config(config_path.string(), all_overrides);
 
-  std::vector<std::string> class_names;
-  std::map<std::string, int64_t> heads;
+  std::map<std::string, std::shared_ptr<const Dataset>> tests;
+  std::vector<std::shared_ptr<const Dataset>> in_order;
   for (const DatasetConfig& dataset : config.datasets) {
-    auto data = ImageTextDataset::load(dataset, /*train=*/false);
-    class_names.insert(class_names.end(), data->class_names().begin(), data->class_names().end());
-    for (const TaskConfig& task : config.tasks) {
-      if (task.dataset == dataset.name && task.objective != "nce") {
-        heads[dataset.name] = data->num_classes();
-      }
-    }
+    in_order.push_back(load_dataset(dataset, config.model, /*train=*/false, config.cache_dir));
+    tests[dataset.name] = in_order.back();
   }
-  Tokenizer tokenizer = Tokenizer::load(prepare_tokenizer(config, class_names));
+  const std::map<std::string, int64_t> heads = classifier_heads(config, tests);
+  // Without tokenizer.model in the run directory the tokenizer is trained on
+  // the same corpus as in training, which gives the same model.
+  Tokenizer tokenizer = Tokenizer::load(prepare_tokenizer(config, text_corpus(in_order)));
   ImpModel model(config.model, tokenizer.vocab_size(), heads);
   try {
     torch::load(model, weights.string());

@@ -28,14 +28,37 @@ c10::Device default_device() {
   return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
 }
 
-std::string prepare_tokenizer(const Config& config, const std::vector<std::string>& class_names) {
+std::vector<std::string> text_corpus(const std::vector<std::shared_ptr<const Dataset>>& datasets) {
+  std::vector<std::string> corpus;
+  std::set<std::string> seen;
+  for (const auto& data : datasets) {
+    for (std::string& text : data->text_corpus()) {
+      if (seen.insert(text).second) corpus.push_back(std::move(text));
+    }
+  }
+  return corpus;
+}
+
+std::map<std::string, int64_t> classifier_heads(
+    const Config& config, const std::map<std::string, std::shared_ptr<const Dataset>>& datasets) {
+  std::map<std::string, int64_t> heads;
+  for (const TaskConfig& task : config.tasks) {
+    if (task.objective == "nce") continue;
+    const Dataset& data = *datasets.at(task.dataset);
+    const int set = data.label_set_index(task.label);
+    heads[classifier_name(data, set)] =
+        static_cast<int64_t>(data.label_sets()[set].class_names.size());
+  }
+  return heads;
+}
+
+std::string prepare_tokenizer(const Config& config, const std::vector<std::string>& corpus) {
   if (!config.tokenizer.model.empty()) return config.tokenizer.model;
 
   // The cache key covers everything the trained model depends on: the corpus,
   // the vocabulary size and the shim's training recipe (bump the version when
   // the recipe in src/spm_shim changes).
   constexpr uint64_t kTrainingRecipe = 2;
-  const std::vector<std::string> corpus = caption_corpus(class_names);
   uint64_t key = mix64(mix64(hash_name("sentencepiece-unigram"), kTrainingRecipe),
                        config.tokenizer.vocab_size);
   for (const std::string& line : corpus) key = mix64(key, hash_name(line));
@@ -50,18 +73,6 @@ std::string prepare_tokenizer(const Config& config, const std::vector<std::strin
                 std::chrono::duration<double>(Clock::now() - start).count(), path.c_str());
   }
   return path.string();
-}
-
-void check_vision_fits(const VisionConfig& vision, const ImageTextDataset& data) {
-  const int64_t height = data.image_height(), width = data.image_width();
-  IMP_REQUIRE(ConfigError, vision.channels == 1, "dataset '", data.name(),
-              "' has grey images (1 channel) but model.vision.channels is ", vision.channels,
-              "; set model.vision.channels=1");
-  IMP_REQUIRE(ConfigError, height % vision.patch[1] == 0 && width % vision.patch[2] == 0,
-              "dataset '", data.name(), "' has ", height, "x", width,
-              " images, which model.vision.patch ", vision.patch[1], "x", vision.patch[2],
-              " does not divide; choose a patch that divides them, e.g. "
-              "model.vision.patch=[1,7,7] with model.vision.grid=[1,4,4] for 28x28");
 }
 
 std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks) {
@@ -80,23 +91,20 @@ Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_de
   torch::set_num_threads(threads);
 
   // Stage 1: data and tokenizer.
-  std::vector<std::string> class_names;
+  std::vector<std::shared_ptr<const Dataset>> in_order;
   for (const DatasetConfig& dataset : config_.datasets) {
-    auto data = ImageTextDataset::load(dataset, /*train=*/true);
-    class_names.insert(class_names.end(), data->class_names().begin(), data->class_names().end());
-    datasets_[dataset.name] = std::move(data);
+    auto data = load_dataset(dataset, config_.model, /*train=*/true, config_.cache_dir);
+    data->check_model_fits(config_.model);
+    datasets_[dataset.name] = data;
+    in_order.push_back(data);
   }
-  for (const auto& [name, data] : datasets_) check_vision_fits(config_.model.vision, *data);
-  tokenizer_path_ = prepare_tokenizer(config_, class_names);
+  tokenizer_path_ = prepare_tokenizer(config_, text_corpus(in_order));
   tokenizer_ = Tokenizer::load(tokenizer_path_);
 
-  // Stage 2: model, with a classifier head for each dataset a task classifies.
+  // Stage 2: model, with a classifier head for each dataset and label set a
+  // task classifies.
   torch::manual_seed(config_.train.seed);
-  std::map<std::string, int64_t> heads;
-  for (const TaskConfig& task : config_.tasks) {
-    if (task.objective != "nce") heads[task.dataset] = datasets_.at(task.dataset)->num_classes();
-  }
-  model_ = ImpModel(config_.model, tokenizer_.vocab_size(), heads);
+  model_ = ImpModel(config_.model, tokenizer_.vocab_size(), classifier_heads(config_, datasets_));
   model_->to(device_);
 
   // Stage 3: tasks, sampler and optimizer.

@@ -11,7 +11,7 @@
 #include <torch/optim/adamw.h>
 
 #include "imp/config/config.h"
-#include "imp/data/image_text_dataset.h"
+#include "imp/data/dataset.h"
 #include "imp/data/tokenizer.h"
 #include "imp/model/imp_model.h"
 #include "imp/tasks/task.h"
@@ -28,9 +28,17 @@ struct TrainSummary {
 };
 
 // Path of the SentencePiece model to use: config.tokenizer.model when set,
-// else one trained on the caption corpus of `class_names` and cached under
-// config.cache_dir (a second run reuses it).
-std::string prepare_tokenizer(const Config& config, const std::vector<std::string>& class_names);
+// else one trained on `corpus` (every text the datasets can produce) and
+// cached under config.cache_dir (a second run reuses it).
+std::string prepare_tokenizer(const Config& config, const std::vector<std::string>& corpus);
+
+// The training texts of all `datasets`, in order, without duplicates.
+std::vector<std::string> text_corpus(const std::vector<std::shared_ptr<const Dataset>>& datasets);
+
+// Classifier heads the model needs: name (see classifier_name) -> classes,
+// for every classification task of `config` over `datasets` (by name).
+std::map<std::string, int64_t> classifier_heads(
+    const Config& config, const std::map<std::string, std::shared_ptr<const Dataset>>& datasets);
 
 // The device runs use: the first CUDA device when LibTorch has one, else the CPU.
 c10::Device default_device();
@@ -56,7 +64,7 @@ class Trainer {
 
   Config config_;
   c10::Device device_;
-  std::map<std::string, std::shared_ptr<const ImageTextDataset>> datasets_;
+  std::map<std::string, std::shared_ptr<const Dataset>> datasets_;
   std::string tokenizer_path_;
   Tokenizer tokenizer_;
   ImpModel model_{nullptr};
@@ -64,10 +72,6 @@ class Trainer {
   std::unique_ptr<TaskSampler> sampler_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
 };
-
-// Throws ConfigError naming the model.vision keys when the vision embedder
-// cannot take `data`'s images (channels, or a patch that does not divide them).
-void check_vision_fits(const VisionConfig& vision, const ImageTextDataset& data);
 
 // Sampling weight of each task: its explicit weight, or else its dataset's
 // number of training examples.

@@ -1,0 +1,86 @@
+#include "imp/data/dataset.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "imp/core/error.h"
+#include "imp/core/random.h"
+#include "imp/data/image_text_dataset.h"
+#include "imp/data/moving_fashion_mnist.h"
+#include "imp/data/spoken_fashion_mnist.h"
+
+namespace imp {
+
+int Dataset::label_set_index(const std::string& set_name) const {
+  const std::vector<LabelSet>& sets = label_sets();
+  if (set_name.empty()) return 0;
+  std::string known;
+  for (size_t i = 0; i < sets.size(); ++i) {
+    if (sets[i].name == set_name) return static_cast<int>(i);
+    known += (i == 0 ? "" : ", ") + sets[i].name;
+  }
+  throw ConfigError(str_cat("dataset '", name(), "' has no label set '", set_name,
+                            "'; its label sets are ", known));
+}
+
+at::Tensor Dataset::labels(const std::vector<int64_t>& indices, int set) const {
+  at::Tensor out = at::empty({static_cast<int64_t>(indices.size())}, at::kLong);
+  int64_t* dst = out.data_ptr<int64_t>();
+  for (int64_t index : indices) *dst++ = label(index, set);
+  return out;
+}
+
+bool Dataset::has_modality(const std::string& modality) const {
+  const std::vector<std::string> own = modalities();
+  return std::find(own.begin(), own.end(), modality) != own.end();
+}
+
+uint64_t Dataset::eval_draw(int64_t index) {
+  return mix64(hash_name("evaluation"), static_cast<uint64_t>(index));
+}
+
+std::string classifier_name(const Dataset& dataset, int label_set) {
+  if (label_set == 0) return dataset.name();
+  return dataset.name() + "_" + dataset.label_sets()[label_set].name;
+}
+
+SpeechBankOptions speech_options(const DatasetConfig& config, bool train,
+                                 const std::string& cache_dir) {
+  SpeechBankOptions speech;
+  speech.voices = train ? config.voices : config.eval_voices;
+  speech.rates = config.speech_rates;
+  speech.pitches = config.speech_pitches;
+  speech.renditions = config.renditions;
+  speech.cache_dir = (std::filesystem::path(cache_dir) / "speech").string();
+  return speech;
+}
+
+std::shared_ptr<const Dataset> load_dataset(const DatasetConfig& config, const ModelConfig& model,
+                                            bool train, const std::string& cache_dir) {
+  if (config.type == "fashion_mnist") return ImageTextDataset::load(config, train);
+
+  // The other types are made from the Fashion-MNIST images, unflipped.
+  DatasetConfig images_config = config;
+  images_config.type = "fashion_mnist";
+  images_config.hflip = false;
+  auto items = ImageTextDataset::load(images_config, train);
+
+  const SpeechBankOptions speech = speech_options(config, train, cache_dir);
+  const std::string label = config.name + (train ? " (train)" : " (test)");
+
+  if (config.type == "moving_fashion_mnist") {
+    auto bank = std::make_shared<const SpeechBank>(
+        MovingFashionMnist::caption_texts(items->class_names(), config.motions), speech,
+        model.audio, label);
+    const uint64_t seed = mix64(hash_name("moving_fashion_mnist"), train ? 1 : 2);
+    return std::make_shared<const MovingFashionMnist>(config.name, items, config, seed, bank);
+  }
+  IMP_REQUIRE(ConfigError, config.type == "spoken_fashion_mnist", "dataset '", config.name,
+              "' has type '", config.type,
+              "'; expected fashion_mnist, moving_fashion_mnist or spoken_fashion_mnist");
+  auto bank = std::make_shared<const SpeechBank>(
+      SpokenFashionMnist::caption_texts(items->class_names()), speech, model.audio, label);
+  return std::make_shared<const SpokenFashionMnist>(config.name, items, bank);
+}
+
+}  // namespace imp
