@@ -597,7 +597,7 @@ TEST_F(ConfigErrors, VideoAndSpeechDatasets) {
       {{"datasets.0.type=moving_fashion_mnist", "datasets.0.motions=[left, spin]"},
        "datasets[0].motions[1]", "found 'spin'"},
       {{"datasets.0.type=moving_fashion_mnist", "datasets.0.frames=20"}, "datasets[0].frames",
-       "must not exceed video_frames (16), found 20"},
+       "must not exceed video_frames (12), found 20"},
       {{"datasets.0.type=moving_fashion_mnist", "datasets.0.canvas=20"}, "datasets[0].canvas",
        "must be at least 28"},
   };
@@ -785,8 +785,8 @@ TEST_F(ConfigRoundTrip, WritesEveryKey) {
   for (const char* key :
        {"workdir:", "cache_dir:", "preset: tiny",
         "max_logit_scale:", "aux_loss_weight:", "channels:", "patch: [4, 7, 7]", "grid: [2, 4, 4]",
-        "sample_rate: 16000", "mel_bands: 32", "patch: [16, 8]", "label: \"\"", "eval_clips: 8",
-        "eval_voices:", "renditions: 6", "motions:",
+        "sample_rate: 16000", "mel_bands: 32", "patch: [16, 8]", "label: \"\"", "eval_clips: 8", "video_frames: 12",
+        "eval_voices:", "renditions: 10", "motions:",
         "max_len:", "vocab_size:", "hflip: true", "text: caption", "weight: -1.0", "seed: 0",
         "clip_grad_norm:", "prompts: []", "recall_at: [1, 5]", "linear_probe_steps:"}) {
     EXPECT_TRUE(Contains(yaml, key));

@@ -139,7 +139,7 @@ TEST(VideoTasks, ClassifyTheNamedLabelSet) {
   ClassificationTask task(motion, videos, 0);
   EXPECT_EQ(task.label_set(), 1);
   Batch batch = task.make_batch(0);
-  ASSERT_EQ(batch.inputs.at("video").sizes(), torch::IntArrayRef({4, 1, 8, 42, 42}));
+  ASSERT_EQ(batch.inputs.at("video").sizes(), torch::IntArrayRef({4, 1, 8, 35, 35}));
   // Each label is the motion of some video of the set, and batches of one
   // epoch cover every video once.
   std::multiset<int64_t> motions, expected;

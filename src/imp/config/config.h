@@ -92,8 +92,8 @@ struct DatasetConfig {
   // moving_fashion_mnist: each video has video_frames frames; a clip is a
   // window of `frames` of them, at a random start in training.
   int frames = 8;
-  int video_frames = 16;
-  int canvas = 42;                 // side of the square frame, in pixels
+  int video_frames = 12;
+  int canvas = 35;                 // side of the square frame, in pixels
   int eval_clips = 8;              // clips per test video, evenly spaced; outputs are averaged
   std::vector<std::string> motions{"left", "right", "up", "down", "clockwise",
                                    "counterclockwise", "zoom_in", "zoom_out"};
@@ -102,15 +102,23 @@ struct DatasetConfig {
   // A voice is "<language>+<variant>" as `espeak-ng --voices` and
   // `--voices=variant` list them. Test audio uses only eval_voices, which
   // must not overlap `voices`.
-  // ("en" is British English.) The default evaluation variants m2, m6, f2
-  // and f4 appear in no training voice.
-  std::vector<std::string> voices{"en-us+m1", "en-us+m3", "en-us+m5", "en-us+f1",
-                                  "en-us+f3", "en-us+f5", "en+m4",    "en+m7",
-                                  "en+f1",    "en+f5",    "en-029+m1", "en-029+f3"};
+  // The default training voices are five English accents ("en" is British)
+  // times eight variants; the evaluation variants m2, m6, f2 and f4 appear
+  // in no training voice.
+  std::vector<std::string> voices{"en-us+m1", "en-us+m3", "en-us+m4", "en-us+m5",
+                                  "en-us+m7", "en-us+f1", "en-us+f3", "en-us+f5",
+                                  "en+m1", "en+m3", "en+m4", "en+m5",
+                                  "en+m7", "en+f1", "en+f3", "en+f5",
+                                  "en-gb-scotland+m1", "en-gb-scotland+m3", "en-gb-scotland+m4", "en-gb-scotland+m5",
+                                  "en-gb-scotland+m7", "en-gb-scotland+f1", "en-gb-scotland+f3", "en-gb-scotland+f5",
+                                  "en-gb-x-rp+m1", "en-gb-x-rp+m3", "en-gb-x-rp+m4", "en-gb-x-rp+m5",
+                                  "en-gb-x-rp+m7", "en-gb-x-rp+f1", "en-gb-x-rp+f3", "en-gb-x-rp+f5",
+                                  "en-029+m1", "en-029+m3", "en-029+m4", "en-029+m5",
+                                  "en-029+m7", "en-029+f1", "en-029+f3", "en-029+f5"};
   std::vector<std::string> eval_voices{"en-us+m2", "en-us+f2", "en+m6", "en+f4"};
   std::vector<int> speech_rates{150, 175, 200};  // words per minute
   std::vector<int> speech_pitches{35, 50, 65};   // eSpeak pitch, 0 to 100
-  int renditions = 6;              // spoken versions of each distinct text, per split
+  int renditions = 10;             // spoken versions of each distinct text, per split
 };
 
 // One AGD task: a dataset, the modalities it feeds and one objective.

@@ -25,8 +25,8 @@ ModelConfig tiny_preset() {
   // through under 3 epochs in 5 minutes and reach 0.848 head accuracy;
   // 7x7 patches get through about 5 epochs and reach 0.875.
   // Patches span 4 frames: an image (one frame, repeated) gives one
-  // temporal patch, and an 8-frame video clip gives two. A 42x42 video frame
-  // has a 6x6 patch grid; its positions are interpolated from the 4x4 ones.
+  // temporal patch, and an 8-frame video clip gives two. A 35x35 video frame
+  // has a 5x5 patch grid; its positions are interpolated from the 4x4 ones.
   model.vision.patch = {4, 7, 7};
   model.vision.grid = {2, 4, 4};
   // Speech at 16 kHz, 25 ms windows every 20 ms, 32 mel bands: 128 frames

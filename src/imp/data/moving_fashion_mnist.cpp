@@ -84,10 +84,11 @@ ItemPath make_item_path(Motion motion, int canvas, uint64_t bits) {
     case Motion::kRight:
     case Motion::kUp:
     case Motion::kDown: {
-      // A 3/4-size item travels 60-100% of the free room along one axis.
-      const double scale = 0.75, half = 14.0 * scale;
+      // The full-size item (as in the images) travels 85-100% of the free
+      // room along one axis.
+      const double scale = 1.0, half = 14.0 * scale;
       const double room = c - 2 * half;
-      const double travel = room * uniform(bits, 1, 0.6, 1.0);
+      const double travel = room * uniform(bits, 1, 0.85, 1.0);
       const double start = half + uniform(bits, 2, 0.0, room - travel);
       const double across = half + uniform(bits, 3, 0.0, room);
       const bool backwards = motion == Motion::kLeft || motion == Motion::kUp;
@@ -103,13 +104,15 @@ ItemPath make_item_path(Motion motion, int canvas, uint64_t bits) {
     }
     case Motion::kClockwise:
     case Motion::kCounterclockwise: {
-      // The rotated item's box needs half its diagonal on every side.
-      const double scale = 0.75, reach = 14.0 * scale * std::sqrt(2.0);
-      path.x0 = path.x1 = reach + uniform(bits, 1, 0.0, c - 2 * reach);
-      path.y0 = path.y1 = reach + uniform(bits, 2, 0.0, c - 2 * reach);
+      // The rotated item's box needs half its diagonal on every side. The
+      // item stays within about 60 degrees of upright, so that it reads as
+      // the same item throughout.
+      const double scale = 0.85, reach = 14.0 * scale * std::sqrt(2.0);
+      path.x0 = path.x1 = reach + uniform(bits, 1, 0.0, std::max(0.0, c - 2 * reach));
+      path.y0 = path.y1 = reach + uniform(bits, 2, 0.0, std::max(0.0, c - 2 * reach));
       path.scale0 = path.scale1 = scale;
-      path.angle0 = uniform(bits, 3, -20.0, 20.0);
-      const double turn = uniform(bits, 4, 90.0, 150.0);
+      const double turn = uniform(bits, 4, 90.0, 120.0);
+      path.angle0 = uniform(bits, 3, -10.0, 10.0) + (motion == Motion::kClockwise ? -turn : turn) / 2;
       path.angle1 = path.angle0 + (motion == Motion::kClockwise ? turn : -turn);
       break;
     }
