@@ -931,6 +931,13 @@ void check_modalities(const Context& ctx, const std::string& path, const TaskCon
          str_cat("must name exactly ", expected == 2 ? "two modalities" : "one modality",
                  " for objective ", task.objective, ", found ", task.modalities.size()));
   }
+  if (task.modalities[0] == "text") {
+    fail(ctx, join_index(modalities_path, 0),
+         task.objective == "nce"
+             ? "is text, which goes second in an nce pair, as in [video, text]"
+             : str_cat("is text, which objective ", task.objective,
+                       " cannot classify; classify image, video or audio"));
+  }
 }
 
 void validate_task(const Context& ctx, const std::string& path, const TaskConfig& task,
