@@ -55,9 +55,34 @@ SpeechBankOptions speech_options(const DatasetConfig& config, bool train,
   return speech;
 }
 
+namespace {
+
+std::shared_ptr<const Dataset> load_speech_dataset(const DatasetConfig& config,
+                                                   const ModelConfig& model, bool train,
+                                                   const std::string& cache_dir);
+
+}  // namespace
+
 std::shared_ptr<const Dataset> load_dataset(const DatasetConfig& config, const ModelConfig& model,
                                             bool train, const std::string& cache_dir) {
   if (config.type == "fashion_mnist") return ImageTextDataset::load(config, train);
+  try {
+    return load_speech_dataset(config, model, train, cache_dir);
+  } catch (const DataError& e) {
+    // Speech fails on a voice eSpeak NG lacks or an unwritable cache: say
+    // which keys lead there.
+    throw DataError(str_cat("dataset '", config.name, "', ", train ? "train" : "test",
+                            " split: ", e.what(), " (voices come from datasets.", config.name,
+                            train ? ".voices" : ".eval_voices", "; audio is cached under "
+                            "cache_dir = ", cache_dir, ")"));
+  }
+}
+
+namespace {
+
+std::shared_ptr<const Dataset> load_speech_dataset(const DatasetConfig& config,
+                                                   const ModelConfig& model, bool train,
+                                                   const std::string& cache_dir) {
 
   // The other types are made from the Fashion-MNIST images, unflipped.
   DatasetConfig images_config = config;
@@ -82,5 +107,7 @@ std::shared_ptr<const Dataset> load_dataset(const DatasetConfig& config, const M
       SpokenFashionMnist::caption_texts(items->class_names()), speech, model.audio, label);
   return std::make_shared<const SpokenFashionMnist>(config.name, items, bank);
 }
+
+}  // namespace
 
 }  // namespace imp

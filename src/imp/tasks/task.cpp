@@ -36,13 +36,13 @@ Task::Task(TaskConfig config, std::shared_ptr<const Dataset> data, uint64_t seed
       for (const std::string& own : data_->modalities()) offered += own + ", ";
       throw ConfigError(str_cat("task '", config_.name, "': dataset '", data_->name(),
                                 "' has no ", modality, "; it offers ", offered,
-                                "and text. Change the task's modalities or its dataset"));
+                                "text. Change tasks.", config_.name, ".modalities or its dataset"));
     }
   }
   try {
     label_set_ = data_->label_set_index(config_.label);
   } catch (const ConfigError& e) {
-    throw ConfigError(str_cat("task '", config_.name, "', key label: ", e.what()));
+    throw ConfigError(str_cat("tasks.", config_.name, ".label: ", e.what()));
   }
 }
 

@@ -45,7 +45,12 @@ std::map<std::string, int64_t> classifier_heads(
   for (const TaskConfig& task : config.tasks) {
     if (task.objective == "nce") continue;
     const Dataset& data = *datasets.at(task.dataset);
-    const int set = data.label_set_index(task.label);
+    int set = 0;
+    try {
+      set = data.label_set_index(task.label);
+    } catch (const ConfigError& e) {
+      throw ConfigError(str_cat("tasks.", task.name, ".label: ", e.what()));
+    }
     heads[classifier_name(data, set)] =
         static_cast<int64_t>(data.label_sets()[set].class_names.size());
   }
