@@ -51,7 +51,7 @@ TEST(SpeechBank, TestSplitHearsOnlyEvaluationVoices) {
   }
 }
 
-TEST(SpeechBank, SpectrogramsOfEveryVersionAndASecondRunFromTheCache) {
+TEST(SpeechBank, SpectrogramsAndCachedSecondRun) {
   testing::ScratchDir dir("speech_bank");
   SpeechBankOptions options;
   options.voices = {"en-us+m1", "en+f1"};

@@ -36,13 +36,6 @@ const std::vector<std::string> kCaptionTemplates = {
     "a grayscale photo of a {size} {brightness} {class}",
 };
 
-void replace_all(std::string& text, const std::string& placeholder, const std::string& value) {
-  for (size_t pos = text.find(placeholder); pos != std::string::npos;
-       pos = text.find(placeholder, pos + value.size())) {
-    text.replace(pos, placeholder.size(), value);
-  }
-}
-
 // A spelling heuristic, not a pronunciation dictionary: a vowel letter means
 // a vowel sound except in the listed prefixes, and a few words start with a
 // silent "h". It is right for the class names of the datasets used here.
@@ -61,6 +54,13 @@ bool starts_with_vowel_sound(const std::string& word) {
 }
 
 }  // namespace
+
+void replace_all(std::string& text, const std::string& placeholder, const std::string& value) {
+  for (size_t pos = text.find(placeholder); pos != std::string::npos;
+       pos = text.find(placeholder, pos + value.size())) {
+    text.replace(pos, placeholder.size(), value);
+  }
+}
 
 std::string fix_articles(const std::string& text) {
   std::istringstream stream(text);

@@ -35,6 +35,9 @@ std::vector<std::string> all_captions(const std::vector<std::string>& class_name
 // text a tokenizer for these captions and prompts is trained on.
 std::vector<std::string> caption_corpus(const std::vector<std::string>& class_names);
 
+// Replaces every occurrence of `placeholder` in `text` with `value`.
+void replace_all(std::string& text, const std::string& placeholder, const std::string& value);
+
 // Sets each "a"/"an" in `text` to fit the word after it ("a ankle boot"
 // becomes "an ankle boot"). Words are rejoined with single spaces.
 std::string fix_articles(const std::string& text);

@@ -69,8 +69,8 @@ std::shared_ptr<const Dataset> load_dataset(const DatasetConfig& config, const M
   try {
     return load_speech_dataset(config, model, train, cache_dir);
   } catch (const DataError& e) {
-    // Speech fails on a voice eSpeak NG lacks or an unwritable cache: say
-    // which keys lead there.
+    // Speech fails on a voice eSpeak NG lacks or on an unwritable cache, so
+    // the message names the keys that set both.
     throw DataError(str_cat("dataset '", config.name, "', ", train ? "train" : "test",
                             " split: ", e.what(), " (voices come from datasets.", config.name,
                             train ? ".voices" : ".eval_voices", "; audio is cached under "

@@ -33,13 +33,6 @@ constexpr uint64_t kWordingSalt = 1;
 constexpr uint64_t kClipSalt = 2;
 constexpr uint64_t kRenditionSalt = 3;
 
-void replace_all(std::string& text, const std::string& placeholder, const std::string& value) {
-  for (size_t pos = text.find(placeholder); pos != std::string::npos;
-       pos = text.find(placeholder, pos + value.size())) {
-    text.replace(pos, placeholder.size(), value);
-  }
-}
-
 double lerp(double a, double b, double t) { return a + (b - a) * t; }
 
 // Uniform in [lo, hi) from `bits` and a salt.

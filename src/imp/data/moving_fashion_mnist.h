@@ -28,14 +28,14 @@ enum class Motion { kLeft, kRight, kUp, kDown, kClockwise, kCounterclockwise, kZ
 // ConfigError for an unknown name.
 Motion parse_motion(const std::string& name);
 
-// How captions say the motion, e.g. "moving to the left"; also the class
-// name of the motion label.
+// The phrase captions use for the motion, e.g. "moving to the left". It is
+// also the class name of the motion label.
 std::string motion_phrase(Motion motion);
 
-// Where the item is over a video: its centre in pixels, its size relative to
-// the 28x28 source image and its rotation in degrees (clockwise as seen on
-// screen, image y axis pointing down), each moving linearly from the first
-// frame (0) to the last (1).
+// Placement of the item over a video: its centre in pixels, its size
+// relative to the 28x28 source image and its rotation in degrees (clockwise
+// as seen on screen, image y axis pointing down). Each value moves linearly
+// from the first frame (0) to the last (1).
 struct ItemPath {
   double x0 = 0, y0 = 0, x1 = 0, y1 = 0;
   double scale0 = 1, scale1 = 1;
@@ -54,9 +54,9 @@ void render_frame(const uint8_t* image, int side, const ItemPath& path, double p
 
 class MovingFashionMnist : public Dataset {
  public:
-  // `items` holds the Fashion-MNIST split the videos are made from; `speech`
-  // holds the spoken captions (see caption_texts), or is null for a dataset
-  // without audio.
+  // `items` is the Fashion-MNIST split the videos are made from. `speech`
+  // contains the spoken captions (see caption_texts), or is null for a
+  // dataset without audio.
   MovingFashionMnist(std::string name, std::shared_ptr<const ImageTextDataset> items,
                      const DatasetConfig& config, uint64_t seed,
                      std::shared_ptr<const SpeechBank> speech);

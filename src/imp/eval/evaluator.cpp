@@ -19,8 +19,8 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-// What a model computed for every example of a split in one modality,
-// averaged over the modality's evaluation views (e.g. the clips of a video).
+// Model outputs for every example of a split in one modality, averaged over
+// the modality's evaluation views (e.g. the clips of a video).
 struct Features {
   at::Tensor pooled;                // [N, D]
   at::Tensor embedding;             // [N, P], L2-normalised; undefined without projection
