@@ -4,7 +4,9 @@
 //
 // Runs the config's tasks for train.steps steps (default here: 60, after 5
 // warm-up steps that are not timed) on the real data and prints what ran
-// (config, threads, LibTorch version, commit) and the measured numbers.
+// (config, threads, LibTorch version, commit) and the measured numbers. Like
+// `imp train`, it re-executes itself with the thread settings of
+// imp/core/threads.h unless OMP_WAIT_POLICY or OPENBLAS_NUM_THREADS is set.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +17,7 @@
 
 #include "imp/config/config.h"
 #include "imp/core/error.h"
+#include "imp/core/threads.h"
 #include "imp/core/version.h"
 #include "imp/train/trainer.h"
 
@@ -58,6 +61,7 @@ int main(int argc, char** argv) {
 
   try {
     imp::Config config = imp::load_config(config_path, overrides);
+    imp::reexec_with_thread_environment(config.train.dtype, argv);
     const int warmup = 5;
     imp::Config warm = config;
     warm.train.steps = warmup;
@@ -75,10 +79,15 @@ int main(int argc, char** argv) {
     std::printf("bench_train: config %s, preset %s, d_model %d, layers %d, experts %d, dtype %s\n",
                 config_path.c_str(), config.model.preset.c_str(), config.model.d_model,
                 config.model.num_layers, config.model.moe.num_experts, config.train.dtype.c_str());
-    std::printf("bench_train: threads %d, OMP_WAIT_POLICY=%s, libtorch %s, commit %s\n",
-                torch::get_num_threads(),
-                std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "(unset)",
-                imp::torch_version().c_str(), source_commit().c_str());
+    const auto env = [](const char* name) {
+      const char* value = std::getenv(name);
+      return value != nullptr ? value : "(unset)";
+    };
+    std::printf(
+        "bench_train: threads %d, OMP_WAIT_POLICY=%s, OPENBLAS_NUM_THREADS=%s, libtorch %s, "
+        "commit %s\n",
+        torch::get_num_threads(), env("OMP_WAIT_POLICY"), env("OPENBLAS_NUM_THREADS"),
+        imp::torch_version().c_str(), source_commit().c_str());
     std::printf("bench_train: %lld steps in %.2f s: %.3f steps/s, %.0f tokens/s, %.1f examples/s, "
                 "data wait %.1f%%\n",
                 static_cast<long long>(summary.steps), summary.train_seconds,

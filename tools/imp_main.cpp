@@ -7,29 +7,15 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
 #include "imp/config/config.h"
 #include "imp/core/error.h"
+#include "imp/core/threads.h"
 #include "imp/train/run.h"
 
 namespace {
-
-// libgomp reads OMP_WAIT_POLICY once, when it is loaded, so it has to be in
-// the environment before the process starts. With the default (active)
-// policy, OpenMP threads spin while OpenBLAS's own pthread pool runs the
-// fp32 matmuls: bench_train in fp32 on a 2-core Zen 4 machine ran 2.4
-// steps/s with the default policy and 6.7 with PASSIVE. The process
-// re-executes itself once with PASSIVE unless the user chose a policy.
-void ensure_passive_omp_wait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  execv("/proc/self/exe", argv);
-  // exec failed (no /proc): carry on with the default policy.
-}
 
 int fail(const std::string& kind, const std::string& message) {
   std::fprintf(stderr, "imp: %s: %s\n", kind.c_str(), message.c_str());
@@ -39,8 +25,6 @@ int fail(const std::string& kind, const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ensure_passive_omp_wait(argv);
-
   CLI::App app{
       "imp: train and evaluate Integrated Multimodal Perception models (one shared "
       "Mixture-of-Experts Transformer for image, video, audio and text, trained by "
@@ -75,10 +59,17 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    // The thread settings depend on the config's dtype, so the config is
+    // read (and checked) once before the process re-executes itself with
+    // them, and once more after.
     if (train->parsed()) {
       if (!workdir.empty()) overrides.push_back(imp::string_override("workdir", workdir));
-      imp::run_train(imp::load_config(config_path, overrides));
+      const imp::Config config = imp::load_config(config_path, overrides);
+      imp::reexec_with_thread_environment(config.train.dtype, argv);
+      imp::run_train(config);
     } else {
+      imp::reexec_with_thread_environment(imp::load_run_config(workdir, overrides).train.dtype,
+                                          argv);
       imp::run_eval(workdir, overrides);
     }
   } catch (const imp::ConfigError& e) {

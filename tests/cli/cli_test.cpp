@@ -22,8 +22,9 @@ struct Result {
   std::string output;  // stdout and stderr together
 };
 
-Result run_imp(const std::string& arguments) {
-  const std::string command = std::string(IMP_CLI_PATH) + " " + arguments + " 2>&1";
+// Runs `imp ARGUMENTS`, behind `prefix` (e.g. an `env` command) when given.
+Result run_imp(const std::string& arguments, const std::string& prefix = "") {
+  const std::string command = prefix + IMP_CLI_PATH + " " + arguments + " 2>&1";
   Result result;
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
@@ -131,8 +132,13 @@ TEST(Cli, TrainThenEvalShortRun) {
   EXPECT_EQ(lines, 12);
 
   // Evaluation of the saved run reproduces the numbers computed in training.
-  Result eval = run_imp("eval --workdir " + (dir / "run").string());
+  // Without thread settings in the environment the process re-executes
+  // itself with those for the run's dtype (bf16).
+  const std::string unset_threads = "env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS ";
+  Result eval = run_imp("eval --workdir " + (dir / "run").string(), unset_threads);
   ASSERT_EQ(eval.status, 0) << eval.output;
+  EXPECT_NE(eval.output.find("OMP_WAIT_POLICY (unset), OPENBLAS_NUM_THREADS=1"), std::string::npos)
+      << eval.output;
   std::ifstream again_file(dir / "run" / "eval.json");
   nlohmann::json again = nlohmann::json::parse(again_file);
   EXPECT_NEAR(again["fmnist/head_top1"].get<double>(), metrics["fmnist/head_top1"].get<double>(),

@@ -8,6 +8,7 @@
 #include <torch/serialize.h>
 
 #include "imp/core/error.h"
+#include "imp/core/threads.h"
 #include "imp/eval/evaluator.h"
 #include "imp/train/trainer.h"
 
@@ -68,10 +69,11 @@ std::map<std::string, double> run_train(const Config& config) {
   }
 
   Trainer trainer(config);
-  std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %d threads, %s\n",
+  std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %s\n",
               config.model.preset.c_str(), static_cast<long long>(count_parameters(trainer.model())),
               trainer.model()->encoder()->moe_layers().size(), trainer.device().str().c_str(),
-              torch::get_num_threads(), config.train.dtype.c_str());
+              config.train.dtype.c_str());
+  std::printf("threads: %s\n", thread_settings().c_str());
   TrainSummary summary = trainer.train();
   std::printf("trained %lld steps in %.1f s (%.1f%% waiting for data)\n",
               static_cast<long long>(summary.steps), summary.train_seconds,
@@ -95,21 +97,27 @@ std::map<std::string, double> run_train(const Config& config) {
   return metrics;
 }
 
-std::map<std::string, double> run_eval(const std::string& workdir,
-                                       const std::vector<std::string>& overrides) {
+Config load_run_config(const std::string& workdir, const std::vector<std::string>& overrides) {
   const fs::path dir(workdir);
   const fs::path config_path = dir / "config.yaml";
-  const fs::path weights = dir / "model.pt";
   IMP_REQUIRE(ConfigError, fs::exists(config_path), "no config.yaml in ", workdir,
               "; pass the --workdir of a finished `imp train` run");
-  IMP_REQUIRE(ConfigError, fs::exists(weights), "no model.pt in ", workdir,
+  IMP_REQUIRE(ConfigError, fs::exists(dir / "model.pt"), "no model.pt in ", workdir,
               "; the training run did not finish, run `imp train` again");
   std::vector<std::string> all_overrides = overrides;
   all_overrides.push_back(string_override("workdir", workdir));
   if (fs::exists(dir / "tokenizer.model")) {
     all_overrides.push_back(string_override("tokenizer.model", (dir / "tokenizer.model").string()));
   }
-  Config config = load_config(config_path.string(), all_overrides);
+  return load_config(config_path.string(), all_overrides);
+}
+
+std::map<std::string, double> run_eval(const std::string& workdir,
+                                       const std::vector<std::string>& overrides) {
+  const fs::path dir(workdir);
+  const fs::path weights = dir / "model.pt";
+  Config config = load_run_config(workdir, overrides);
+  std::printf("threads: %s\n", thread_settings().c_str());
 
   std::map<std::string, std::shared_ptr<const Dataset>> tests;
   std::vector<std::shared_ptr<const Dataset>> in_order;

@@ -19,8 +19,13 @@ namespace imp {
 // Returns the contents of eval.json.
 std::map<std::string, double> run_train(const Config& config);
 
+// The config of a finished run: <workdir>/config.yaml with `overrides`
+// applied, pointing at the run's own tokenizer.model. Throws ConfigError when
+// the directory holds no config.yaml or no model.pt.
+Config load_run_config(const std::string& workdir, const std::vector<std::string>& overrides);
+
 // Evaluates the weights in <workdir>/model.pt with the run's own config
-// (<workdir>/config.yaml, with `overrides` applied), rewrites eval.json and
+// (load_run_config), rewrites eval.json and
 // returns its contents. Keys of the earlier eval.json that this evaluation
 // does not produce (train_seconds) are kept.
 std::map<std::string, double> run_eval(const std::string& workdir,
