@@ -90,6 +90,7 @@ void visit_fields(Visitor& v, DatasetConfig& c) {
   v("type", c.type);
   v("root", c.root);
   v("hflip", c.hflip);
+  v("max_shift", c.max_shift);
   v("eval_examples", c.eval_examples);
   v("frames", c.frames);
   v("video_frames", c.video_frames);
@@ -893,6 +894,12 @@ void validate_datasets(const Context& ctx, const std::vector<DatasetConfig>& dat
                  {"fashion_mnist", "moving_fashion_mnist", "spoken_fashion_mnist"});
     check_dataset_root(ctx, path + ".root", dataset);
     check_non_negative(ctx, path + ".eval_examples", dataset.eval_examples);
+    check_non_negative(ctx, path + ".max_shift", dataset.max_shift);
+    if (dataset.max_shift >= 14) {
+      fail(ctx, path + ".max_shift",
+           str_cat("must be below 14, half the side of a Fashion-MNIST image, found ",
+                   dataset.max_shift));
+    }
     if (dataset.type == "moving_fashion_mnist") validate_video(ctx, path, dataset);
     if (dataset.type != "fashion_mnist") validate_speech(ctx, path, dataset);
   }

@@ -87,6 +87,9 @@ struct DatasetConfig {
   std::string type = "fashion_mnist";
   std::string root = "/usr/share/datasets/fashion-mnist";  // folder of the *.gz idx files
   bool hflip = true;               // random horizontal flip of training images
+  // fashion_mnist: random translation of training images by up to this many
+  // pixels along each axis. The pixels uncovered are background.
+  int max_shift = 0;
   int eval_examples = 0;           // test examples evaluated, evenly spaced; 0 = all
 
   // moving_fashion_mnist: each video has video_frames frames; a clip is a

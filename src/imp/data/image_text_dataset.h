@@ -24,7 +24,8 @@ class ImageTextDataset : public Dataset {
   static std::shared_ptr<const ImageTextDataset> load(const DatasetConfig& config, bool train);
 
   ImageTextDataset(std::string name, at::Tensor images, at::Tensor labels,
-                   std::vector<std::string> class_names, bool hflip = false);
+                   std::vector<std::string> class_names, bool hflip = false,
+                   int max_shift = 0);
 
   int64_t size() const override { return labels_.size(0); }
   int64_t num_classes() const { return static_cast<int64_t>(class_names().size()); }
@@ -47,11 +48,20 @@ class ImageTextDataset : public Dataset {
   int64_t image_height() const { return images_.size(1); }
   int64_t image_width() const { return images_.size(2); }
   bool hflip() const { return hflip_; }  // whether training batches mirror images at random
+  int max_shift() const { return max_shift_; }  // largest random translation, in pixels
+
+  // Translation of an image: the pixel at (x, y) moves to (x + dx, y + dy).
+  struct Shift {
+    int dx = 0, dy = 0;
+  };
 
   // Images at `indices` as [B, 1, 1, H, W] float in [-1, 1], one channel and
-  // one frame. Rows with flip[i] set are mirrored left to right. Written as
-  // plain loops so that batch workers never start LibTorch thread pools.
-  at::Tensor images(const std::vector<int64_t>& indices, const std::vector<bool>& flip) const;
+  // one frame. Rows with flip[i] set are mirrored left to right, then moved
+  // by shifts[i] when `shifts` is not empty, with background (-1) where
+  // nothing moved in. Written as plain loops so that batch workers never
+  // start LibTorch thread pools.
+  at::Tensor images(const std::vector<int64_t>& indices, const std::vector<bool>& flip,
+                    const std::vector<Shift>& shifts = {}) const;
 
 
  private:
@@ -61,6 +71,7 @@ class ImageTextDataset : public Dataset {
   std::vector<LabelSet> label_sets_;
   std::vector<ImageAttributes> attributes_;  // per image
   bool hflip_;
+  int max_shift_;
 };
 
 // Throws ConfigError naming the model.vision keys when the vision embedder
