@@ -79,15 +79,8 @@ int main(int argc, char** argv) {
     std::printf("bench_train: config %s, preset %s, d_model %d, layers %d, experts %d, dtype %s\n",
                 config_path.c_str(), config.model.preset.c_str(), config.model.d_model,
                 config.model.num_layers, config.model.moe.num_experts, config.train.dtype.c_str());
-    const auto env = [](const char* name) {
-      const char* value = std::getenv(name);
-      return value != nullptr ? value : "(unset)";
-    };
-    std::printf(
-        "bench_train: threads %d, OMP_WAIT_POLICY=%s, OPENBLAS_NUM_THREADS=%s, libtorch %s, "
-        "commit %s\n",
-        torch::get_num_threads(), env("OMP_WAIT_POLICY"), env("OPENBLAS_NUM_THREADS"),
-        imp::torch_version().c_str(), source_commit().c_str());
+    std::printf("bench_train: %s, libtorch %s, commit %s\n", imp::thread_settings().c_str(),
+                imp::torch_version().c_str(), source_commit().c_str());
     std::printf("bench_train: %lld steps in %.2f s: %.3f steps/s, %.0f tokens/s, %.1f examples/s, "
                 "data wait %.1f%%\n",
                 static_cast<long long>(summary.steps), summary.train_seconds,

@@ -56,7 +56,13 @@ int main(int argc, char** argv) {
                    "override a value of the run's config, e.g. --set eval.batch_size=250 "
                    "(repeatable)");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help ends here with status 0. Usage errors print CLI11's message and
+    // exit with 2, like every other bad input.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   try {
     // The thread settings depend on the config's dtype, so the config is

@@ -57,7 +57,7 @@ TEST(Cli, UnknownKeySuggestsNearest) {
   std::ofstream((dir / "bad.yaml").string()) << text;
 
   Result result = run_imp("train " + (dir / "bad.yaml").string());
-  EXPECT_NE(result.status, 0);
+  EXPECT_EQ(result.status, 2);
   EXPECT_NE(result.output.find("stesp"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("steps"), std::string::npos) << result.output;
   EXPECT_EQ(result.output.find("Exception raised from"), std::string::npos) << "no stack dump";
@@ -65,21 +65,38 @@ TEST(Cli, UnknownKeySuggestsNearest) {
 
 TEST(Cli, BadOverrideNamesKey) {
   Result result = run_imp("train " + default_config() + " --set train.steps=many");
-  EXPECT_NE(result.status, 0);
+  EXPECT_EQ(result.status, 2);
   EXPECT_NE(result.output.find("train.steps"), std::string::npos) << result.output;
 }
 
 TEST(Cli, MissingConfigFileNamed) {
   Result result = run_imp("train /nonexistent/imp.yaml");
-  EXPECT_NE(result.status, 0);
+  EXPECT_EQ(result.status, 2);
   EXPECT_NE(result.output.find("/nonexistent/imp.yaml"), std::string::npos) << result.output;
+}
+
+TEST(Cli, WorkdirThatIsAFileRejected) {
+  ScratchDir scratch("imp_cli_file_workdir");
+  const fs::path file = fs::path(scratch.path()) / "run";
+  std::ofstream(file) << "not a directory\n";
+  for (const std::string& command :
+       {"train " + default_config() + " --workdir " + file.string(),
+        "eval --workdir " + file.string()}) {
+    Result result = run_imp(command);
+    EXPECT_EQ(result.status, 2) << command;
+    EXPECT_NE(result.output.find("is a file"), std::string::npos) << result.output;
+  }
+  std::ifstream kept(file);
+  std::string line;
+  std::getline(kept, line);
+  EXPECT_EQ(line, "not a directory");
 }
 
 TEST(Cli, EvalWithoutRunExplains) {
   ScratchDir scratch("imp_cli_empty_run");
   fs::path dir(scratch.path());
   Result result = run_imp("eval --workdir " + dir.string());
-  EXPECT_NE(result.status, 0);
+  EXPECT_EQ(result.status, 2);
   EXPECT_NE(result.output.find("config.yaml"), std::string::npos) << result.output;
 }
 

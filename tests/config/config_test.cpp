@@ -607,6 +607,8 @@ TEST_F(ConfigErrors, VideoAndSpeechDatasets) {
        "must not exceed video_frames (12), found 20"},
       {{"datasets.0.type=moving_fashion_mnist", "datasets.0.canvas=20"}, "datasets[0].canvas",
        "must be at least 28"},
+      {{"datasets.0.type=moving_fashion_mnist", "datasets.0.max_shift=2"}, "datasets[0].max_shift",
+       "applies only to fashion_mnist datasets, and this one is moving_fashion_mnist"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.overrides.back());

@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <thread>
+
+#include <ATen/Parallel.h>
+
 #include "imp/core/threads.h"
 
 namespace {
@@ -21,6 +25,15 @@ TEST(ThreadEnvironment, UserSettingWins) {
   EXPECT_TRUE(preferred_thread_environment("bf16", "PASSIVE", nullptr).empty());
   EXPECT_TRUE(preferred_thread_environment("fp32", nullptr, "2").empty());
   EXPECT_TRUE(preferred_thread_environment("fp32", "ACTIVE", "4").empty());
+}
+
+TEST(IntraOpThreads, ZeroMeansEveryCore) {
+  const int before = at::get_num_threads();
+  imp::set_intra_op_threads(1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  imp::set_intra_op_threads(0);
+  EXPECT_EQ(at::get_num_threads(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  at::set_num_threads(before);
 }
 
 TEST(ThreadEnvironment, SettingsLineNamesVariables) {

@@ -895,6 +895,11 @@ void validate_datasets(const Context& ctx, const std::vector<DatasetConfig>& dat
     check_dataset_root(ctx, path + ".root", dataset);
     check_non_negative(ctx, path + ".eval_examples", dataset.eval_examples);
     check_non_negative(ctx, path + ".max_shift", dataset.max_shift);
+    if (dataset.max_shift != 0 && dataset.type != "fashion_mnist") {
+      fail(ctx, path + ".max_shift",
+           str_cat("applies only to fashion_mnist datasets, and this one is ", dataset.type,
+                   "; remove it or set it to 0"));
+    }
     if (dataset.max_shift >= 14) {
       fail(ctx, path + ".max_shift",
            str_cat("must be below 14, half the side of a Fashion-MNIST image, found ",

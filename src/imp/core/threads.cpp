@@ -1,6 +1,8 @@
 #include "imp/core/threads.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <thread>
 
 #include <ATen/Parallel.h>
 
@@ -19,6 +21,11 @@ EnvironmentVariables preferred_thread_environment(const std::string& dtype,
   // In fp32 the matmuls run on OpenBLAS's pool, so idle OpenMP threads
   // should sleep and leave it the cores.
   return {{"OMP_WAIT_POLICY", "PASSIVE"}};
+}
+
+void set_intra_op_threads(int threads) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads > 0 ? threads : cores);
 }
 
 std::string thread_settings() {

@@ -30,6 +30,10 @@ EnvironmentVariables preferred_thread_environment(const std::string& dtype,
                                                   const char* omp_wait_policy,
                                                   const char* openblas_num_threads);
 
+// Sets LibTorch's intra-op thread count to `threads`, or to the number of
+// cores when `threads` is 0 (the train.threads key).
+void set_intra_op_threads(int threads);
+
 // One line for logs: LibTorch's thread count and the two variables, e.g.
 // "2 threads, OMP_WAIT_POLICY (unset), OPENBLAS_NUM_THREADS=1".
 std::string thread_settings();

@@ -59,6 +59,8 @@ int64_t count_parameters(ImpModel& model) {
 
 std::map<std::string, double> run_train(const Config& config) {
   const fs::path workdir(config.workdir);
+  IMP_REQUIRE(ConfigError, !fs::exists(workdir) || fs::is_directory(workdir), "workdir ",
+              config.workdir, " is a file, not a directory; pass --workdir a new or existing directory");
   fs::create_directories(workdir);
   write_file_atomically(workdir / "config.yaml", to_yaml(config));
 
@@ -100,6 +102,8 @@ std::map<std::string, double> run_train(const Config& config) {
 Config load_run_config(const std::string& workdir, const std::vector<std::string>& overrides) {
   const fs::path dir(workdir);
   const fs::path config_path = dir / "config.yaml";
+  IMP_REQUIRE(ConfigError, !fs::exists(dir) || fs::is_directory(dir), "workdir ", workdir,
+              " is a file, not a run directory; pass the --workdir of a finished `imp train` run");
   IMP_REQUIRE(ConfigError, fs::exists(config_path), "no config.yaml in ", workdir,
               "; pass the --workdir of a finished `imp train` run");
   IMP_REQUIRE(ConfigError, fs::exists(dir / "model.pt"), "no model.pt in ", workdir,
@@ -117,6 +121,7 @@ std::map<std::string, double> run_eval(const std::string& workdir,
   const fs::path dir(workdir);
   const fs::path weights = dir / "model.pt";
   Config config = load_run_config(workdir, overrides);
+  set_intra_op_threads(config.train.threads);
   std::printf("threads: %s\n", thread_settings().c_str());
 
   std::map<std::string, std::shared_ptr<const Dataset>> tests;

@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
@@ -15,6 +14,7 @@
 #include "imp/core/autocast.h"
 #include "imp/core/error.h"
 #include "imp/core/random.h"
+#include "imp/core/threads.h"
 #include "imp/data/captions.h"
 #include "imp/train/lr_schedule.h"
 #include "imp/train/prefetcher.h"
@@ -90,10 +90,7 @@ std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks
 }
 
 Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_device()) {
-  const int threads = config_.train.threads > 0
-                          ? config_.train.threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  torch::set_num_threads(threads);
+  set_intra_op_threads(config_.train.threads);
 
   // Stage 1: data and tokenizer.
   std::vector<std::shared_ptr<const Dataset>> in_order;
