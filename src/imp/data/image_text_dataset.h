@@ -48,7 +48,6 @@ class ImageTextDataset : public Dataset {
   int64_t image_height() const { return images_.size(1); }
   int64_t image_width() const { return images_.size(2); }
   bool hflip() const { return hflip_; }  // whether training batches mirror images at random
-  int max_shift() const { return max_shift_; }  // largest random translation, in pixels
 
   // Translation of an image: the pixel at (x, y) moves to (x + dx, y + dy).
   struct Shift {
@@ -56,10 +55,10 @@ class ImageTextDataset : public Dataset {
   };
 
   // Images at `indices` as [B, 1, 1, H, W] float in [-1, 1], one channel and
-  // one frame. Rows with flip[i] set are mirrored left to right, then moved
-  // by shifts[i] when `shifts` is not empty, with background (-1) where
-  // nothing moved in. Written as plain loops so that batch workers never
-  // start LibTorch thread pools.
+  // one frame. Rows with flip[i] set are mirrored left to right. Then, when
+  // `shifts` is not empty, row i moves by shifts[i], and the pixels it
+  // uncovers are background (-1). Written as plain loops so that batch
+  // workers never start LibTorch thread pools.
   at::Tensor images(const std::vector<int64_t>& indices, const std::vector<bool>& flip,
                     const std::vector<Shift>& shifts = {}) const;
 

@@ -19,9 +19,9 @@ namespace imp {
 // Returns the contents of eval.json.
 std::map<std::string, double> run_train(const Config& config);
 
-// The config of a finished run: <workdir>/config.yaml with `overrides`
+// Loads the config of a finished run: <workdir>/config.yaml with `overrides`
 // applied, pointing at the run's own tokenizer.model. Throws ConfigError when
-// the directory holds no config.yaml or no model.pt.
+// the directory contains no config.yaml or no model.pt.
 Config load_run_config(const std::string& workdir, const std::vector<std::string>& overrides);
 
 // Evaluates the weights in <workdir>/model.pt with the run's own config
