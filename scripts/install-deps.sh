@@ -9,6 +9,9 @@ packages=(
   libsentencepiece-dev sentencepiece
   libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libcli11-dev
   libespeak-ng-dev espeak-ng-data espeak-ng libsoxr-dev libsndfile1-dev
+  libopencv-imgcodecs-dev libopencv-imgproc-dev
+  libavformat-dev libavcodec-dev libswscale-dev libswresample-dev libavutil-dev
+  ffmpeg imagemagick sox libsox-fmt-all webp
   libgtest-dev libgmock-dev
   dataset-fashion-mnist
 )
