@@ -2,8 +2,11 @@
 //
 //   imp train [CONFIG] [--workdir DIR] [--set key=value ...]
 //   imp eval --workdir DIR [--set key=value ...]
+//   imp data inspect PATH... [--json]
+//   imp data make-shards MANIFEST --out DIR [--prefix NAME] [--samples-per-shard N]
 #include <cstdio>
 #include <cstdlib>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -13,6 +16,7 @@
 #include "imp/config/config.h"
 #include "imp/core/error.h"
 #include "imp/core/threads.h"
+#include "imp/data/data_tools.h"
 #include "imp/train/run.h"
 
 namespace {
@@ -56,6 +60,29 @@ int main(int argc, char** argv) {
                    "override a value of the run's config, e.g. --set eval.batch_size=250 "
                    "(repeatable)");
 
+  CLI::App* data = app.add_subcommand("data", "Inspect a data set, or pack files into tar shards.");
+  data->require_subcommand(1);
+  std::vector<std::string> data_paths;
+  bool as_json = false;
+  CLI::App* inspect = data->add_subcommand(
+      "inspect", "Decode every sample of tar shards (paths or brace patterns) or manifests "
+                 "(.csv, .jsonl) and report counts per modality, sizes, durations and failures "
+                 "per reason. Exits with 1 when any sample failed.");
+  inspect->add_option("paths", data_paths, "shards, brace patterns or manifest files")->required();
+  inspect->add_flag("--json", as_json, "print one JSON object instead of text");
+  imp::MakeShardsOptions shard_options;
+  CLI::App* make_shards = data->add_subcommand(
+      "make-shards", "Pack the files a manifest lists into WebDataset tar shards.");
+  make_shards->add_option("manifest", shard_options.manifest, "a .csv or .jsonl manifest")
+      ->required()
+      ->check(CLI::ExistingFile);
+  make_shards->add_option("--out", shard_options.out_dir, "folder for the shards")->required();
+  make_shards->add_option("--prefix", shard_options.prefix, "shard name prefix")->capture_default_str();
+  make_shards->add_option("--samples-per-shard", shard_options.samples_per_shard,
+                          "samples in each shard")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -68,6 +95,23 @@ int main(int argc, char** argv) {
     // The thread settings depend on the config's dtype, so the config is
     // read (and checked) once before the process re-executes itself with
     // them, and once more after.
+    if (inspect->parsed()) {
+      const nlohmann::json report = imp::inspect_data(data_paths);
+      if (as_json) {
+        std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+      } else {
+        std::cout << imp::format_inspection(report) << std::flush;
+      }
+      return report["failures"].empty() ? 0 : 1;
+    }
+    if (make_shards->parsed()) {
+      const imp::MakeShardsResult result = imp::make_shards(shard_options);
+      for (const std::string& problem : result.problems) std::cerr << "warning: " << problem << "\n";
+      std::cout << "wrote " << result.samples << " samples into " << result.shards.size()
+                << " shards: " << result.pattern << "\n";
+      if (result.skipped > 0) std::cout << "skipped " << result.skipped << " rows\n";
+      return result.samples > 0 ? 0 : 1;
+    }
     if (train->parsed()) {
       if (!workdir.empty()) overrides.push_back(imp::string_override("workdir", workdir));
       const imp::Config config = imp::load_config(config_path, overrides);

@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <vector>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -11,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../scratch_dir.h"
+#include "imp/io/tar_shard.h"
 
 namespace {
 
@@ -163,6 +166,90 @@ TEST(Cli, TrainThenEvalShortRun) {
   EXPECT_NEAR(again["fmnist/zeroshot_top1"].get<double>(),
               metrics["fmnist/zeroshot_top1"].get<double>(), 1e-9);
   EXPECT_DOUBLE_EQ(again["train_seconds"].get<double>(), metrics["train_seconds"].get<double>());
+}
+
+// Tar shards of 16x16 PNGs in three colours, with captions and class names:
+// <dir>/train-00000{0,1}.tar and <dir>/test-000000.tar. One training sample
+// holds bytes that are no image, to be skipped.
+void write_colour_shards(const fs::path& dir) {
+  const std::vector<std::string> colours{"red", "green", "blue"};
+  std::vector<std::string> pngs;
+  for (const std::string& colour : colours) {
+    const fs::path path = dir / (colour + ".png");
+    ASSERT_EQ(std::system(("convert -size 16x16 xc:" + colour + " " + path.string()).c_str()), 0);
+    std::ifstream in(path, std::ios::binary);
+    pngs.emplace_back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  int key = 0;
+  for (const char* name : {"train-000000.tar", "train-000001.tar", "test-000000.tar"}) {
+    imp::ShardWriter writer((dir / name).string());
+    for (int k = 0; k < 12; ++k, ++key) {
+      const std::string stem = std::to_string(100000 + key);
+      writer.add(stem + ".png", key == 5 ? std::string("not a picture") : pngs[k % 3]);
+      writer.add(stem + ".txt", "a " + colours[k % 3] + " square");
+      writer.add(stem + ".cls", colours[k % 3]);
+    }
+    writer.close();
+  }
+}
+
+TEST(Cli, TrainsOnWebDatasetShards) {
+  ScratchDir scratch("imp_cli_shards");
+  const fs::path dir(scratch.path());
+  write_colour_shards(dir);
+  std::ofstream(dir / "shards.yaml") << "workdir: " << (dir / "run").string() << "\n"
+      << "cache_dir: " << (dir / "cache").string() << "\n"
+      << "model: {preset: tiny, num_layers: 2, vision: {channels: 3, patch: [1, 8, 8], grid: [1, 2, 2]}}\n"
+      << "datasets:\n"
+      << "  - {name: colours, type: webdataset, train: [\"" << (dir / "train-{000000..000001}.tar").string()
+      << "\"], test: [\"" << (dir / "test-000000.tar").string() << "\"], max_bad_fraction: 0.3}\n"
+      << "tasks:\n"
+      << "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 8}\n"
+      << "  - {name: colours_text, dataset: colours, modalities: [image, text], objective: nce, batch_size: 8}\n"
+      << "train: {steps: 30, log_every: 10, workers: 2, optimizer: {lr: 0.003, warmup_steps: 2}}\n"
+      << "eval: {linear_probe_examples: 20, linear_probe_steps: 20}\n";
+  Result train = run_imp("train " + (dir / "shards.yaml").string());
+  ASSERT_EQ(train.status, 0) << train.output;
+  // The broken sample was skipped and reported, not fed as zeros.
+  EXPECT_NE(train.output.find("image: unknown format"), std::string::npos) << train.output;
+  std::ifstream eval_file(dir / "run" / "eval.json");
+  ASSERT_TRUE(eval_file.good());
+  nlohmann::json metrics = nlohmann::json::parse(eval_file);
+  ASSERT_TRUE(metrics.contains("colours/head_top1")) << metrics.dump();
+  ASSERT_TRUE(metrics.contains("colours/i2t_r1")) << metrics.dump();
+  // Three solid colours are easy: thirty steps separate them.
+  EXPECT_GT(metrics["colours/head_top1"].get<double>(), 0.9) << metrics.dump();
+
+  // The classes were taken from the train split and remembered.
+  bool remembered = false;
+  for (const auto& entry : fs::directory_iterator(dir / "cache" / "labels")) {
+    std::ifstream in(entry.path());
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    remembered = remembered || text == "blue\ngreen\nred\n";
+  }
+  EXPECT_TRUE(remembered);
+}
+
+TEST(Cli, DataInspectReportsFailuresAndExitsNonZero) {
+  ScratchDir scratch("imp_cli_inspect");
+  const fs::path dir(scratch.path());
+  write_colour_shards(dir);
+  Result clean = run_imp("data inspect " + (dir / "test-000000.tar").string());
+  EXPECT_EQ(clean.status, 0) << clean.output;
+  EXPECT_NE(clean.output.find("12 samples"), std::string::npos) << clean.output;
+  EXPECT_NE(clean.output.find("no failures"), std::string::npos) << clean.output;
+
+  Result broken = run_imp("data inspect --json '" + (dir / "train-{000000..000001}.tar").string() + "'");
+  EXPECT_EQ(broken.status, 1) << broken.output;
+  nlohmann::json report = nlohmann::json::parse(broken.output);
+  EXPECT_EQ(report["samples"], 24);
+  EXPECT_EQ(report["modalities"]["image"]["failed"], 1);
+  EXPECT_EQ(report["failures"]["image: unknown format"], 1);
+  EXPECT_EQ(report["classes"], 3);
+
+  Result missing = run_imp("data inspect " + (dir / "nothing.tar").string());
+  EXPECT_EQ(missing.status, 2) << missing.output;
+  EXPECT_NE(missing.output.find("nothing.tar"), std::string::npos) << missing.output;
 }
 
 }  // namespace

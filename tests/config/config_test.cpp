@@ -555,7 +555,7 @@ TEST_F(ConfigErrors, ValuesOutOfRange) {
       {"tasks.1.name=fmnist_cls", "tasks[1].name", "repeats the name 'fmnist_cls' of tasks[0]"},
       {"tasks.0.batch_size=0", "tasks[0].batch_size", "must be positive, found 0"},
       {"datasets.0.type=cifar", "datasets[0].type",
-       "must be fashion_mnist, moving_fashion_mnist or spoken_fashion_mnist, found 'cifar'"},
+       "must be fashion_mnist, moving_fashion_mnist, spoken_fashion_mnist, webdataset or manifest, found 'cifar'"},
       {"datasets.0.eval_examples=-1", "datasets[0].eval_examples",
        "must be zero or positive, found -1"},
       {"datasets.0.max_shift=-1", "datasets[0].max_shift", "must be zero or positive, found -1"},
@@ -813,6 +813,63 @@ TEST_F(ConfigRoundTrip, StringsThatLookLikeOtherTypes) {
   const imp::Config again = parse(yaml);
   EXPECT_EQ(again.workdir, "null");
   EXPECT_EQ(again.cache_dir, "~");
+}
+
+
+
+// User data: a webdataset and a manifest dataset with their own keys; they
+// need no Fashion-MNIST root.
+constexpr const char* kUserDataYaml = R"(datasets:
+  - name: photos
+    type: webdataset
+    train: ["shards/train-{000000..000003}.tar"]
+    test: [shards/test.tar]
+    image_size: [32, 48]
+    crop_min_scale: 0.5
+    max_bad_fraction: 0.2
+  - name: clips
+    type: manifest
+    train: [clips/train.csv]
+    modalities: [video, audio]
+    video_fps: 4
+tasks:
+  - {name: photos_cls, dataset: photos, modalities: [image], objective: softmax_ce}
+  - {name: clips_av, dataset: clips, modalities: [video, audio], objective: nce}
+)";
+
+TEST_F(ConfigParse, UserDataKeys) {
+  const imp::Config config = parse(kUserDataYaml);
+  const imp::DatasetConfig& photos = config.datasets.at(0);
+  EXPECT_EQ(photos.train, std::vector<std::string>{"shards/train-{000000..000003}.tar"});
+  EXPECT_EQ(photos.image_size, (std::array<int, 2>{32, 48}));
+  EXPECT_DOUBLE_EQ(photos.crop_min_scale, 0.5);
+  EXPECT_EQ(photos.image_ext, (std::vector<std::string>{"jpg", "jpeg", "png", "webp"}));
+  const imp::DatasetConfig& clips = config.datasets.at(1);
+  EXPECT_EQ(clips.modalities, (std::vector<std::string>{"video", "audio"}));
+  EXPECT_DOUBLE_EQ(clips.video_fps, 4.0);
+  EXPECT_EQ(imp::to_yaml(parse(imp::to_yaml(config))), imp::to_yaml(config));
+}
+
+TEST_F(ConfigErrors, UserDataKeysChecked) {
+  EXPECT_TRUE(Contains(parse_error(kUserDataYaml, {"datasets.photos.train=[]"}), "datasets[0].train"));
+  EXPECT_TRUE(Contains(parse_error(kUserDataYaml, {"datasets.clips.train=[a.csv, b.csv]"}),
+                       "exactly one manifest"));
+  EXPECT_TRUE(Contains(parse_error(kUserDataYaml, {"datasets.clips.modalities=[text]"}),
+                       "datasets[1].modalities[0]"));
+  EXPECT_TRUE(Contains(parse_error(kUserDataYaml, {"datasets.photos.crop_min_scale=0"}),
+                       "crop_min_scale"));
+  EXPECT_TRUE(Contains(parse_error(kUserDataYaml, {"datasets.photos.max_bad_fraction=2"}),
+                       "max_bad_fraction"));
+}
+
+TEST_F(ConfigParse, LabelTextLengthCappedByMaxLen) {
+  imp::Config config = parse(minimal_yaml(), {"model.text.max_len=64"});
+  EXPECT_EQ(config.model.text.label_max_len, 16);
+  EXPECT_EQ(imp::label_text_length(config.model.text), 16);
+  config = parse(minimal_yaml(), {"model.text.max_len=8"});
+  EXPECT_EQ(imp::label_text_length(config.model.text), 8);
+  EXPECT_EQ(imp::model_preset("base").text.max_len, 256);
+  EXPECT_EQ(imp::model_preset("base").text.label_max_len, 16);
 }
 
 }  // namespace

@@ -60,6 +60,7 @@ void visit_fields(Visitor& v, AudioConfig& c) {
 template <typename Visitor>
 void visit_fields(Visitor& v, TextConfig& c) {
   v("max_len", c.max_len);
+  v("label_max_len", c.label_max_len);
 }
 
 template <typename Visitor>
@@ -102,6 +103,23 @@ void visit_fields(Visitor& v, DatasetConfig& c) {
   v("speech_rates", c.speech_rates);
   v("speech_pitches", c.speech_pitches);
   v("renditions", c.renditions);
+  v("train", c.train);
+  v("test", c.test);
+  v("modalities", c.modalities);
+  v("image_ext", c.image_ext);
+  v("video_ext", c.video_ext);
+  v("audio_ext", c.audio_ext);
+  v("caption_ext", c.caption_ext);
+  v("label_ext", c.label_ext);
+  v("label_map", c.label_map);
+  v("image_size", c.image_size);
+  v("random_resized_crop", c.random_resized_crop);
+  v("crop_min_scale", c.crop_min_scale);
+  v("video_fps", c.video_fps);
+  v("max_megapixels", c.max_megapixels);
+  v("decode_timeout", c.decode_timeout);
+  v("shuffle_buffer", c.shuffle_buffer);
+  v("max_bad_fraction", c.max_bad_fraction);
 }
 
 template <typename Visitor>
@@ -790,6 +808,7 @@ void validate_model(const Context& ctx, const ModelConfig& model) {
   check_all_positive(ctx, "model.vision.grid", model.vision.grid);
   validate_audio(ctx, model.audio);
   check_positive(ctx, "model.text.max_len", model.text.max_len);
+  check_positive(ctx, "model.text.label_max_len", model.text.label_max_len);
 }
 
 void validate_tokenizer(const Context& ctx, const TokenizerConfig& tokenizer) {
@@ -879,6 +898,42 @@ void validate_speech(const Context& ctx, const std::string& path, const DatasetC
   check_positive(ctx, path + ".renditions", dataset.renditions);
 }
 
+// The keys of webdataset and manifest datasets.
+void validate_files(const Context& ctx, const std::string& path, const DatasetConfig& dataset) {
+  const bool shards = dataset.type == "webdataset";
+  const char* expected = shards ? "tar shards or brace patterns such as "
+                                  "shards/train-{000000..000009}.tar"
+                                : "one manifest file (.csv or .jsonl)";
+  if (dataset.train.empty()) fail(ctx, path + ".train", str_cat("must name ", expected));
+  if (!shards && dataset.train.size() != 1) {
+    fail(ctx, path + ".train", "must name exactly one manifest file (.csv or .jsonl)");
+  }
+  if (!shards && dataset.test.size() > 1) {
+    fail(ctx, path + ".test", "must name at most one manifest file (.csv or .jsonl)");
+  }
+  for (std::size_t i = 0; i < dataset.modalities.size(); ++i) {
+    check_one_of(ctx, join_index(path + ".modalities", i), dataset.modalities[i],
+                 {"image", "video", "audio"});
+  }
+  for (std::size_t i = 0; i < 2; ++i) {
+    check_non_negative(ctx, join_index(path + ".image_size", i), dataset.image_size[i]);
+  }
+  if (!(dataset.crop_min_scale > 0.0 && dataset.crop_min_scale <= 1.0)) {
+    fail(ctx, path + ".crop_min_scale",
+         str_cat("must be in (0, 1], found ", dataset.crop_min_scale));
+  }
+  check_non_negative(ctx, path + ".video_fps", dataset.video_fps);
+  check_positive(ctx, path + ".frames", dataset.frames);
+  check_positive(ctx, path + ".eval_clips", dataset.eval_clips);
+  check_positive(ctx, path + ".max_megapixels", dataset.max_megapixels);
+  check_positive(ctx, path + ".decode_timeout", dataset.decode_timeout);
+  check_positive(ctx, path + ".shuffle_buffer", dataset.shuffle_buffer);
+  if (!(dataset.max_bad_fraction >= 0.0 && dataset.max_bad_fraction <= 1.0)) {
+    fail(ctx, path + ".max_bad_fraction",
+         str_cat("must be in [0, 1], found ", dataset.max_bad_fraction));
+  }
+}
+
 void validate_datasets(const Context& ctx, const std::vector<DatasetConfig>& datasets) {
   for (std::size_t i = 0; i < datasets.size(); ++i) {
     const std::string path = join_index("datasets", i);
@@ -891,7 +946,12 @@ void validate_datasets(const Context& ctx, const std::vector<DatasetConfig>& dat
       }
     }
     check_one_of(ctx, path + ".type", dataset.type,
-                 {"fashion_mnist", "moving_fashion_mnist", "spoken_fashion_mnist"});
+                 {"fashion_mnist", "moving_fashion_mnist", "spoken_fashion_mnist", "webdataset",
+                  "manifest"});
+    if (dataset.type == "webdataset" || dataset.type == "manifest") {
+      validate_files(ctx, path, dataset);
+      continue;
+    }
     check_dataset_root(ctx, path + ".root", dataset);
     check_non_negative(ctx, path + ".eval_examples", dataset.eval_examples);
     check_non_negative(ctx, path + ".max_shift", dataset.max_shift);

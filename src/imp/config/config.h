@@ -48,6 +48,10 @@ struct AudioConfig {
 // Text token embedder; the vocabulary size comes from the tokenizer.
 struct TextConfig {
   int max_len = 16;                       // tokens per text, end-of-text included
+  // Tokens of label text (a class name in a prompt), in label-text NCE and
+  // zero-shot classification; at most max_len. Class names are short, so
+  // this keeps those batches small when captions need a long max_len.
+  int label_max_len = 16;
 };
 
 // A parsed config starts from model_preset(preset), and each key given under
@@ -82,6 +86,8 @@ struct TokenizerConfig {
 //   spoken_fashion_mnist  spoken captions of Fashion-MNIST items
 // All three read the idx files under `root`; the train split is made from
 // the training images and the test split from the test images.
+//   webdataset            the user's tar shards (WebDataset layout)
+//   manifest              the user's files listed in a CSV or JSONL manifest
 struct DatasetConfig {
   std::string name;                // referred to by tasks and used in metric names
   std::string type = "fashion_mnist";
@@ -122,6 +128,37 @@ struct DatasetConfig {
   std::vector<int> speech_rates{150, 175, 200};  // words per minute
   std::vector<int> speech_pitches{35, 50, 65};   // eSpeak pitch, 0 to 100
   int renditions = 10;             // spoken versions of each distinct text, per split
+
+  // webdataset and manifest: the user's own files. `train` and `test` name
+  // the splits: for webdataset, tar shards or brace patterns such as
+  // "shards/train-{000000..000127}.tar"; for manifest, one .csv or .jsonl
+  // file whose paths are relative to its folder (see data/manifest.h).
+  // Relative shard and manifest paths start at the current directory.
+  std::vector<std::string> train;
+  std::vector<std::string> test;
+  // Inputs the samples offer, from image, video and audio; empty = every
+  // modality found in the data. Audio may come from a video's sound track.
+  std::vector<std::string> modalities;
+  // webdataset: member extensions (lower case) that hold each part of a
+  // sample, the first present wins. A .json member may also carry "caption"
+  // and "label" fields.
+  std::vector<std::string> image_ext{"jpg", "jpeg", "png", "webp"};
+  std::vector<std::string> video_ext{"mp4", "webm", "mkv", "mov", "avi"};
+  std::vector<std::string> audio_ext{"flac", "wav", "ogg", "mp3"};
+  std::vector<std::string> caption_ext{"txt"};
+  std::vector<std::string> label_ext{"cls"};
+  // Class names, one per line; a label is a line's text or its 0-based
+  // index. Empty: the classes found in the train split (integers as they
+  // are, names sorted), remembered under cache_dir/labels.
+  std::string label_map;
+  std::array<int, 2> image_size{0, 0};  // height, width fed to the model; 0 = model grid x patch
+  bool random_resized_crop = true; // training crops: random area and aspect ratio; off = centre crop
+  double crop_min_scale = 0.35;    // smallest crop area, as a fraction of the image
+  double video_fps = 0.0;          // frames per second sampled; 0 = `frames` spread over the clip
+  double max_megapixels = 89.0;    // larger images and videos are rejected before decoding
+  double decode_timeout = 20.0;    // seconds one sample may take to decode
+  int shuffle_buffer = 2000;       // samples mixed across shards while reading
+  double max_bad_fraction = 0.05;  // skipped samples allowed before the run stops
 };
 
 // One AGD task: a dataset, the modalities it feeds and one objective.
@@ -179,6 +216,11 @@ struct Config {
   TrainConfig train;
   EvalConfig eval;
 };
+
+// Tokens of label text: text.label_max_len, capped at text.max_len.
+inline int label_text_length(const TextConfig& text) {
+  return text.label_max_len < text.max_len ? text.label_max_len : text.max_len;
+}
 
 // Parses a YAML file, applies `overrides` ("section.key=value", applied in
 // order after the file) and validates the result. Throws ConfigError naming

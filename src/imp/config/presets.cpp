@@ -39,6 +39,7 @@ ModelConfig tiny_preset() {
   model.audio.patch = {16, 8};
   model.audio.grid = {2, 16};
   model.text.max_len = 16;
+  model.text.label_max_len = 16;
   return model;
 }
 
@@ -66,7 +67,8 @@ ModelConfig dense_preset(const std::string& name, int d_model, int num_layers, i
   model.audio.frames = 128;
   model.audio.patch = {16, 16};
   model.audio.grid = {8, 8};
-  model.text.max_len = 256;
+  model.text.max_len = 256;       // captions
+  model.text.label_max_len = 16;  // class names in prompts, as in the IMP paper
   return model;
 }
 

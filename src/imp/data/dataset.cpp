@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <numeric>
 
 #include "imp/core/error.h"
 #include "imp/core/random.h"
+#include "imp/data/file_dataset.h"
 #include "imp/data/image_text_dataset.h"
 #include "imp/data/moving_fashion_mnist.h"
 #include "imp/data/spoken_fashion_mnist.h"
@@ -33,6 +35,28 @@ at::Tensor Dataset::labels(const std::vector<int64_t>& indices, int set) const {
 bool Dataset::has_modality(const std::string& modality) const {
   const std::vector<std::string> own = modalities();
   return std::find(own.begin(), own.end(), modality) != own.end();
+}
+
+std::vector<int64_t> Dataset::epoch_order(uint64_t epoch_seed) const {
+  // Fisher-Yates with counter-based draws: the same order on every platform.
+  std::vector<int64_t> order(size());
+  std::iota(order.begin(), order.end(), 0);
+  for (int64_t i = size() - 1; i > 0; --i) {
+    const auto j = static_cast<int64_t>(below(mix64(epoch_seed, i), i + 1));
+    std::swap(order[i], order[j]);
+  }
+  return order;
+}
+
+std::map<std::string, at::Tensor> Dataset::example_inputs(const std::vector<std::string>& modalities,
+                                                          int64_t index, uint64_t draw) const {
+  std::map<std::string, at::Tensor> out;
+  for (const std::string& modality : modalities) out[modality] = input(modality, {index}, {draw})[0];
+  return out;
+}
+
+std::string Dataset::example_name(int64_t index) const {
+  return str_cat("dataset '", name(), "' example ", index);
 }
 
 uint64_t Dataset::eval_draw(int64_t index) {
@@ -66,6 +90,9 @@ std::shared_ptr<const Dataset> load_speech_dataset(const DatasetConfig& config,
 std::shared_ptr<const Dataset> load_dataset(const DatasetConfig& config, const ModelConfig& model,
                                             bool train, const std::string& cache_dir) {
   if (config.type == "fashion_mnist") return ImageTextDataset::load(config, train);
+  if (config.type == "webdataset" || config.type == "manifest") {
+    return FileDataset::load(config, model, train, cache_dir);
+  }
   try {
     return load_speech_dataset(config, model, train, cache_dir);
   } catch (const DataError& e) {

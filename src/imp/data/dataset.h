@@ -11,6 +11,7 @@
 // M mel bands, F spectrogram frames.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include <ATen/ATen.h>
 
 #include "imp/config/config.h"
+#include "imp/data/sample_failures.h"
 #include "imp/data/speech_bank.h"
 
 namespace imp {
@@ -88,6 +90,23 @@ class Dataset {
   // dataset's inputs (e.g. a patch size that does not divide the images).
   virtual void check_model_fits(const ModelConfig& model) const = 0;
 
+  // The order in which one epoch visits the examples, given a seed that
+  // differs per task and epoch. The default is a uniform permutation;
+  // datasets read from shards keep reads local instead.
+  virtual std::vector<int64_t> epoch_order(uint64_t epoch_seed) const;
+
+  // Datasets that decode files can fail on single examples. For them the
+  // training pipeline builds batches one example at a time through
+  // example_inputs, skips an example that throws DecodeError, and counts it
+  // in failures(). Datasets held in memory never fail and return null.
+  virtual SampleFailures* failures() const { return nullptr; }
+  // Training inputs of several modalities of one example, each without the
+  // batch dimension. Throws DecodeError when the example cannot give one.
+  virtual std::map<std::string, at::Tensor> example_inputs(const std::vector<std::string>& modalities,
+                                                           int64_t index, uint64_t draw) const;
+  // Names example `index` in messages, e.g. "shards/a.tar:000123".
+  virtual std::string example_name(int64_t index) const;
+
  private:
   std::string name_;
 };
@@ -99,7 +118,9 @@ SpeechBankOptions speech_options(const DatasetConfig& config, bool train,
                                  const std::string& cache_dir);
 
 // Loads the train or test split of the dataset `config` describes. Spoken
-// audio is rendered for `model.audio` and cached under `cache_dir`.
+// audio is rendered for `model.audio` and cached under `cache_dir`. Datasets
+// of files (webdataset, manifest) are loaded once per process and split:
+// later calls return the same object.
 std::shared_ptr<const Dataset> load_dataset(const DatasetConfig& config, const ModelConfig& model,
                                             bool train, const std::string& cache_dir);
 

@@ -71,17 +71,18 @@ Features embed(ImpModel& model, const Dataset& data, const std::string& modality
   return out;
 }
 
-// L2-normalised text embeddings [M, P] of `texts`.
+// L2-normalised text embeddings [M, P] of `texts`, each cut to `max_len`
+// tokens.
 at::Tensor embed_texts(ImpModel& model, const Tokenizer& tokenizer,
                        const std::vector<std::string>& texts, const Config& config,
-                       c10::Device device) {
+                       c10::Device device, int max_len) {
   AutocastScope autocast(device.type(), config.train.dtype == "bf16");
   std::vector<at::Tensor> out;
   const size_t batch = config.eval.batch_size;
   for (size_t start = 0; start < texts.size(); start += batch) {
     std::vector<std::string> chunk(texts.begin() + start,
                                    texts.begin() + std::min(texts.size(), start + batch));
-    TextBatch text = tokenizer.encode_batch(chunk, config.model.text.max_len);
+    TextBatch text = tokenizer.encode_batch(chunk, max_len);
     Encoded encoded = model->encode(kText, text.ids.to(device), text.mask.to(device));
     out.push_back(F::normalize(model->project(kText, encoded.pooled).to(at::kFloat)).cpu());
   }
@@ -98,7 +99,8 @@ at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer, const L
   for (const std::string& name : set.class_names) {
     for (const std::string& prompt : prompts) texts.push_back(fill_prompt(prompt, name));
   }
-  at::Tensor embedded = embed_texts(model, tokenizer, texts, config, device);  // [K * prompts, P]
+  at::Tensor embedded = embed_texts(model, tokenizer, texts, config, device,
+                                    label_text_length(config.model.text));  // [K * prompts, P]
   at::Tensor per_class = embedded.reshape(
       {static_cast<int64_t>(set.class_names.size()), static_cast<int64_t>(prompts.size()), -1});
   return F::normalize(per_class.mean(1));
@@ -212,7 +214,8 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
 
   if (!use.with_text.empty()) {
     TestCaptions captions = test_captions(test, all);
-    at::Tensor texts = embed_texts(model, tokenizer, captions.distinct, config, device);
+    at::Tensor texts =
+        embed_texts(model, tokenizer, captions.distinct, config, device, config.model.text.max_len);
     at::Tensor example_texts = texts.index_select(0, captions.text_of_example);  // [N, P]
     for (const std::string& modality : use.with_text) {
       const at::Tensor& embedding = features[modality].embedding;

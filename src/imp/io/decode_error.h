@@ -25,3 +25,9 @@ class DecodeError : public DataError {
 };
 
 }  // namespace imp
+
+// Throws DecodeError(reason, message pieces joined) when `cond` is false.
+#define IMP_REQUIRE_DECODE(cond, reason, ...)                          \
+  do {                                                                  \
+    if (!(cond)) throw ::imp::DecodeError(reason, ::imp::str_cat(__VA_ARGS__)); \
+  } while (0)

@@ -1,11 +1,13 @@
 #include "imp/tasks/task.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "imp/core/error.h"
 #include "imp/core/random.h"
 #include "imp/data/captions.h"
 #include "imp/eval/metrics.h"
+#include "imp/io/decode_error.h"
 #include "imp/objectives/losses.h"
 
 namespace imp {
@@ -50,34 +52,101 @@ std::shared_ptr<const std::vector<int64_t>> Task::epoch_order(int64_t epoch) con
   std::lock_guard<std::mutex> lock(order_mutex_);
   auto found = orders_.find(epoch);
   if (found != orders_.end()) return found->second;
-
-  // Fisher-Yates with counter-based draws: the same order on every platform.
-  auto order = std::make_shared<std::vector<int64_t>>(data_->size());
-  std::iota(order->begin(), order->end(), 0);
-  const uint64_t epoch_seed = mix64(seed_, static_cast<uint64_t>(epoch));
-  for (int64_t i = data_->size() - 1; i > 0; --i) {
-    const auto j = static_cast<int64_t>(below(mix64(epoch_seed, i), i + 1));
-    std::swap((*order)[i], (*order)[j]);
-  }
+  auto order = std::make_shared<const std::vector<int64_t>>(
+      data_->epoch_order(mix64(seed_, static_cast<uint64_t>(epoch))));
   // Workers run at most a few batches apart, so two epochs cover them all.
   while (orders_.size() >= 2) orders_.erase(orders_.begin());
   orders_.emplace(epoch, order);
   return order;
 }
 
+int64_t Task::example_at(int64_t position) const {
+  const int64_t N = data_->size();
+  return (*epoch_order(position / N))[position % N];
+}
+
+uint64_t Task::draw_at(int64_t position) const {
+  return mix64(seed_ ^ 0x5bd1e995ULL, static_cast<uint64_t>(position));
+}
+
+bool Task::needs_label() const {
+  return config_.objective != "nce" || config_.text == "label";
+}
+
+bool Task::needs_caption() const {
+  return config_.objective == "nce" && config_.text == "caption" &&
+         std::find(config_.modalities.begin(), config_.modalities.end(), kText) !=
+             config_.modalities.end();
+}
+
 Batch Task::make_batch(int64_t batch_index) const {
-  const int64_t B = config_.batch_size, N = data_->size();
+  const int64_t B = config_.batch_size;
   std::vector<int64_t> indices(B);
   std::vector<uint64_t> draws(B);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t position = batch_index * B + b;  // in the endless stream of epochs
-    indices[b] = (*epoch_order(position / N))[position % N];
-    draws[b] = mix64(seed_ ^ 0x5bd1e995ULL, static_cast<uint64_t>(position));
+  Batch batch;
+  std::vector<std::string> modalities;
+  for (const std::string& modality : config_.modalities) {
+    if (modality != kText) modalities.push_back(modality);
   }
 
-  Batch batch;
-  for (const std::string& modality : config_.modalities) {
-    if (modality != kText) batch.inputs[modality] = data_->input(modality, indices, draws);
+  SampleFailures* failures = data_->failures();
+  if (failures == nullptr) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t position = batch_index * B + b;  // in the endless stream of epochs
+      indices[b] = example_at(position);
+      draws[b] = draw_at(position);
+    }
+    for (const std::string& modality : modalities) {
+      batch.inputs[modality] = data_->input(modality, indices, draws);
+    }
+  } else {
+    // One example at a time: an example that fails is skipped, and its slot
+    // goes to a replacement drawn from the position's own random stream, so
+    // that the batch stays a function of batch_index alone.
+    std::map<std::string, std::vector<at::Tensor>> rows;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t position = batch_index * B + b;
+      for (int64_t attempt = 0;; ++attempt) {
+        IMP_REQUIRE(TrainingError, attempt < kMaxAttempts, "task '", name(), "': ", kMaxAttempts,
+                    " examples in a row failed for one batch slot; ", failures->summary());
+        const int64_t index =
+            attempt == 0 ? example_at(position)
+                         : example_at(static_cast<int64_t>(below(
+                               mix64(draw_at(position), static_cast<uint64_t>(attempt)),
+                               static_cast<uint64_t>(data_->size()))));
+        const uint64_t draw =
+            attempt == 0 ? draw_at(position)
+                         : mix64(draw_at(position), static_cast<uint64_t>(attempt) << 32);
+        // A sample that failed to decode before is skipped without a retry.
+        const std::string known = failures->undecodable_reason(index, modalities);
+        if (!known.empty()) {
+          failures->record_failure(known, "", index);
+          continue;
+        }
+        try {
+          IMP_REQUIRE_DECODE(!needs_label() || data_->label(index, label_set_) >= 0,
+                             "label: missing", data_->example_name(index),
+                             " has no label; a task that classifies or contrasts label text "
+                             "needs one");
+          if (needs_caption()) data_->caption(index, draw);  // throws when it has none
+          std::map<std::string, at::Tensor> inputs;
+          try {
+            inputs = data_->example_inputs(modalities, index, draw);
+          } catch (const DecodeError& e) {
+            failures->mark_undecodable(index, e.reason());
+            throw;
+          }
+          for (auto& [modality, input] : inputs) rows[modality].push_back(std::move(input));
+          indices[b] = index;
+          draws[b] = draw;
+          failures->record_success();
+          break;
+        } catch (const DecodeError& e) {
+          failures->record_failure(e.reason(), e.what(), index);
+        }
+      }
+    }
+    for (auto& [modality, list] : rows) batch.inputs[modality] = at::stack(list);
   }
   batch.labels = data_->labels(indices, label_set_);
   add_inputs(batch, indices, draws);

@@ -40,7 +40,11 @@ class Task {
   int label_set() const { return label_set_; }  // index into data().label_sets()
 
   // Batch number `batch_index` of this task's stream. Deterministic for the
-  // seed and thread-safe, so workers may build batches in any order.
+  // seed and thread-safe, so workers may build batches in any order, and a
+  // run resumes its data where it stopped from the batch index alone. On a
+  // dataset that may fail (Dataset::failures), an example that fails to
+  // decode, or lacks the label or caption this task needs, is skipped and
+  // counted, and a replacement takes its slot.
   Batch make_batch(int64_t batch_index) const;
 
   // Forward pass and loss on `batch` (on the model's device).
@@ -57,8 +61,19 @@ class Task {
   int label_set_ = 0;
 
  private:
-  // Example order of epoch `epoch`: a fresh permutation for every epoch.
+  // Example order of epoch `epoch`, fresh for every epoch (Dataset::epoch_order).
   std::shared_ptr<const std::vector<int64_t>> epoch_order(int64_t epoch) const;
+  // The example and the random draw at `position` of the endless stream of
+  // epochs.
+  int64_t example_at(int64_t position) const;
+  uint64_t draw_at(int64_t position) const;
+  // Whether examples without a label, or without a caption, cannot serve
+  // this task (they are skipped on datasets that may fail).
+  bool needs_label() const;
+  bool needs_caption() const;
+
+  // Failed examples tried for one batch slot before the batch fails.
+  static constexpr int64_t kMaxAttempts = 1000;
 
   uint64_t seed_;
   mutable std::mutex order_mutex_;

@@ -113,8 +113,10 @@ Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_de
   const std::vector<std::string> prompts =
       config_.eval.prompts.empty() ? default_prompts() : config_.eval.prompts;
   for (const TaskConfig& task : config_.tasks) {
+    const int max_len = task.text == "label" ? label_text_length(config_.model.text)
+                                             : config_.model.text.max_len;
     tasks_.push_back(make_task(task, datasets_.at(task.dataset), config_.train.seed, tokenizer_,
-                               config_.model.text.max_len, prompts));
+                               max_len, prompts));
   }
   sampler_ = std::make_unique<TaskSampler>(task_weights(tasks_), config_.train.sampler,
                                            mix64(config_.train.seed, hash_name("task sampler")));
