@@ -336,6 +336,46 @@ TEST(FileDataset, ManifestWithLabelMapAndQuotedCells) {
   }
 }
 
+TEST(FileDataset, SeveralLabelsPerSampleGiveMultiHotTargets) {
+  ScratchDir dir("fileds");
+  write(dir.file("a.png"), png(dir, 16, 16, "red"));
+  write(dir.file("m.jsonl"),
+        "{\"image\": \"a.png\", \"labels\": [\"sky\", \"sea\"]}\n"
+        "{\"image\": \"a.png\", \"labels\": [\"sea\"]}\n"
+        "{\"image\": \"a.png\", \"label\": \"sand\"}\n");
+  DatasetConfig config;
+  config.name = "user";
+  config.type = "manifest";
+  config.train = {dir.file("m.jsonl")};
+  auto data = std::make_shared<FileDataset>(config, small_model(), options_for(true, dir));
+  const LabelSet& set = data->label_sets()[0];
+  EXPECT_TRUE(set.multi_label);
+  EXPECT_EQ(set.class_names, (std::vector<std::string>{"sand", "sea", "sky"}));
+  EXPECT_EQ(data->label_list(0), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(data->label(0), 1);
+
+  TaskConfig task_config;
+  task_config.name = "tags";
+  task_config.dataset = "user";
+  task_config.modalities = {"image"};
+  task_config.objective = "sigmoid_bce";
+  task_config.batch_size = 3;
+  PlainTask task(task_config, data, 3);
+  Batch batch = task.make_batch(0);
+  ASSERT_TRUE(batch.targets.defined());
+  ASSERT_EQ(batch.targets.sizes(), (at::IntArrayRef{3, 3}));
+  // One epoch of three samples: their labels, 2 + 1 + 1, each row holding
+  // its first label.
+  for (int64_t b = 0; b < 3; ++b) {
+    EXPECT_FLOAT_EQ(batch.targets[b][batch.labels[b].item<int64_t>()].item<float>(), 1.0f) << b;
+  }
+  EXPECT_FLOAT_EQ(batch.targets.sum().item<float>(), 4.0f);
+
+  // Softmax cross-entropy cannot learn several labels per sample.
+  task_config.objective = "softmax_ce";
+  EXPECT_THROW(PlainTask(task_config, data, 3), ConfigError);
+}
+
 TEST(FileDataset, VideoClipsAndTheirSoundTrack) {
   ScratchDir dir("fileds");
   run("ffmpeg -v error -f lavfi -i color=c=red:s=32x24:r=10:d=1 -f lavfi -i sine=frequency=440:duration=1 "

@@ -104,13 +104,14 @@ nlohmann::json inspect_data(const std::vector<std::string>& paths, int max_examp
     for (const FileSample& sample : set->samples()) {
       ++samples;
       captions += sample.has_caption ? 1 : 0;
-      if (!sample.label_text.empty()) {
+      if (!sample.label_texts.empty()) {
         ++labels;
-        classes.insert(sample.label_text);
+        classes.insert(sample.label_texts.begin(), sample.label_texts.end());
       }
       nlohmann::json example = {{"name", to_valid_utf8(sample.name)}};
       if (sample.has_caption) example["caption"] = sample.caption;
-      if (!sample.label_text.empty()) example["label"] = sample.label_text;
+      if (sample.label_texts.size() == 1) example["label"] = sample.label_texts.front();
+      if (sample.label_texts.size() > 1) example["labels"] = sample.label_texts;
       for (const auto& [modality, source] : sample.sources) {
         ModalityStats& s = stats[modality];
         ++s.count;

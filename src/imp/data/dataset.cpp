@@ -32,6 +32,23 @@ at::Tensor Dataset::labels(const std::vector<int64_t>& indices, int set) const {
   return out;
 }
 
+std::vector<int64_t> Dataset::label_list(int64_t index, int set) const {
+  const int64_t only = label(index, set);
+  if (only < 0) return {};
+  return {only};
+}
+
+at::Tensor Dataset::targets(const std::vector<int64_t>& indices, int set) const {
+  const auto classes = static_cast<int64_t>(label_sets().at(set).class_names.size());
+  at::Tensor out = at::zeros({static_cast<int64_t>(indices.size()), classes}, at::kFloat);
+  float* row = out.data_ptr<float>();
+  for (int64_t index : indices) {
+    for (int64_t label : label_list(index, set)) row[label] = 1.0f;
+    row += classes;
+  }
+  return out;
+}
+
 bool Dataset::has_modality(const std::string& modality) const {
   const std::vector<std::string> own = modalities();
   return std::find(own.begin(), own.end(), modality) != own.end();

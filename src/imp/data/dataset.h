@@ -32,6 +32,9 @@ struct LabelSet {
   // Zero-shot prompt templates ("{}" = class name) made for this set; empty
   // means the evaluation's general prompts fit (eval.prompts or built-in).
   std::vector<std::string> prompts;
+  // Examples may have several labels of this set (Dataset::label_list);
+  // label() then gives the first.
+  bool multi_label = false;
 };
 
 class Dataset {
@@ -49,6 +52,11 @@ class Dataset {
   int label_set_index(const std::string& name) const;
   virtual int64_t label(int64_t index, int set = 0) const = 0;
   at::Tensor labels(const std::vector<int64_t>& indices, int set = 0) const;  // [B] int64
+  // Every label of example `index` in `set`; by default label() alone, or
+  // none when it is -1 (no label).
+  virtual std::vector<int64_t> label_list(int64_t index, int set = 0) const;
+  // Multi-hot targets [B, K] float of label_list, K = the set's class count.
+  at::Tensor targets(const std::vector<int64_t>& indices, int set = 0) const;
 
   // Input modalities besides text, the first being the dataset's own
   // ("image", "video" or "audio"); every dataset also has captions.

@@ -296,10 +296,11 @@ void FileDataset::index_shards(const std::vector<std::string>& patterns) {
           sample.has_caption = true;
         }
         if (const TarMember* label = find(config_.label_ext)) {
-          sample.label_text = trim(to_valid_utf8(read_member(path, *label)));
+          const std::string text = trim(to_valid_utf8(read_member(path, *label)));
+          if (!text.empty()) sample.label_texts = {text};
         }
         auto json = entry.members.find("json");
-        if (json != entry.members.end() && (!sample.has_caption || sample.label_text.empty())) {
+        if (json != entry.members.end() && (!sample.has_caption || sample.label_texts.empty())) {
           const nlohmann::json fields =
               nlohmann::json::parse(to_valid_utf8(read_member(path, json->second)), nullptr,
                                     /*allow_exceptions=*/false);
@@ -309,11 +310,21 @@ void FileDataset::index_shards(const std::vector<std::string>& patterns) {
               sample.caption = trim(caption->get<std::string>());
               sample.has_caption = true;
             }
+            // "label": one class; "labels": a list of classes.
+            const auto label_text = [](const nlohmann::json& value) {
+              if (value.is_string()) return trim(value.get<std::string>());
+              if (value.is_number_integer()) return std::to_string(value.get<int64_t>());
+              return std::string();
+            };
             auto label = fields.find("label");
-            if (sample.label_text.empty() && label != fields.end() &&
-                (label->is_string() || label->is_number_integer())) {
-              sample.label_text = label->is_string() ? trim(label->get<std::string>())
-                                                     : std::to_string(label->get<int64_t>());
+            if (sample.label_texts.empty() && label != fields.end() && !label_text(*label).empty()) {
+              sample.label_texts = {label_text(*label)};
+            }
+            auto labels = fields.find("labels");
+            if (sample.label_texts.empty() && labels != fields.end() && labels->is_array()) {
+              for (const auto& value : *labels) {
+                if (!label_text(value).empty()) sample.label_texts.push_back(label_text(value));
+              }
             }
           } else {
             note_problem("json: not an object",
@@ -358,10 +369,8 @@ void FileDataset::index_manifest(const std::string& path) {
       sample.has_caption = true;
     }
     auto label = row.fields.find("label");
-    if (label != row.fields.end()) sample.label_text = trim(label->second);
-    IMP_REQUIRE(DataError, row.labels.empty(), "manifest ", path, " line ", row.line,
-                ": the column 'labels' (several classes per sample) is not supported; give one "
-                "class per sample in the column 'label'");
+    if (label != row.fields.end()) sample.label_texts = {trim(label->second)};
+    if (sample.label_texts.empty()) sample.label_texts = row.labels;
     samples_.push_back(std::move(sample));
   }
 }
@@ -370,7 +379,11 @@ void FileDataset::assign_labels(const DatasetConfig& config, const std::string& 
   LabelSet set;
   set.name = "label";
   bool any_label = false;
-  for (const FileSample& sample : samples_) any_label = any_label || !sample.label_text.empty();
+  for (const FileSample& sample : samples_) {
+    any_label = any_label || !sample.label_texts.empty();
+    // One sample with several labels makes the set multi-label (sigmoid_bce).
+    set.multi_label = set.multi_label || sample.label_texts.size() > 1;
+  }
 
   if (!config.label_map.empty()) {
     set.class_names = read_lines(config.label_map);
@@ -390,11 +403,12 @@ void FileDataset::assign_labels(const DatasetConfig& config, const std::string& 
       bool integers = true;
       int64_t largest = -1;
       for (const FileSample& sample : samples_) {
-        if (sample.label_text.empty()) continue;
-        texts.push_back(sample.label_text);
-        auto index = parse_index(sample.label_text);
-        integers = integers && index.has_value();
-        if (index) largest = std::max(largest, *index);
+        for (const std::string& text : sample.label_texts) {
+          texts.push_back(text);
+          auto index = parse_index(text);
+          integers = integers && index.has_value();
+          if (index) largest = std::max(largest, *index);
+        }
       }
       if (integers) {
         for (int64_t i = 0; i <= largest; ++i) set.class_names.push_back(std::to_string(i));
@@ -417,23 +431,24 @@ void FileDataset::assign_labels(const DatasetConfig& config, const std::string& 
   std::map<std::string, int64_t> by_name;
   for (size_t i = 0; i < set.class_names.size(); ++i) by_name.emplace(set.class_names[i], i);
   for (FileSample& sample : samples_) {
-    if (sample.label_text.empty()) continue;
-    auto named = by_name.find(sample.label_text);
-    if (named != by_name.end()) {
-      sample.label = named->second;
-      continue;
+    for (const std::string& text : sample.label_texts) {
+      auto named = by_name.find(text);
+      auto index = parse_index(text);
+      if (named != by_name.end()) {
+        sample.labels.push_back(named->second);
+      } else if (index && *index < static_cast<int64_t>(set.class_names.size())) {
+        sample.labels.push_back(*index);
+      } else {
+        note_problem("label: unknown class",
+                     str_cat(sample.name, " has the label '", text, "', which is not one of the ",
+                             set.class_names.size(), " classes",
+                             config.label_map.empty() ? " of the train split"
+                                                      : str_cat(" in ", config.label_map),
+                             "; the sample keeps its other labels, if any"));
+      }
     }
-    auto index = parse_index(sample.label_text);
-    if (index && *index < static_cast<int64_t>(set.class_names.size())) {
-      sample.label = *index;
-      continue;
-    }
-    note_problem("label: unknown class",
-                 str_cat(sample.name, " has the label '", sample.label_text, "', which is not one of the ",
-                         set.class_names.size(), " classes",
-                         config.label_map.empty() ? " of the train split"
-                                                  : str_cat(" in ", config.label_map),
-                         "; the sample keeps no label"));
+    std::sort(sample.labels.begin(), sample.labels.end());
+    sample.labels.erase(std::unique(sample.labels.begin(), sample.labels.end()), sample.labels.end());
   }
   label_sets_ = {std::move(set)};
 }
@@ -442,7 +457,7 @@ void FileDataset::check_test_samples() {
   bool any_caption = false, any_label = false;
   for (const FileSample& sample : samples_) {
     any_caption = any_caption || sample.has_caption;
-    any_label = any_label || sample.label >= 0;
+    any_label = any_label || !sample.labels.empty();
   }
   // Decode every sample once, on all cores, in sample order per thread.
   std::vector<std::string> reasons(samples_.size()), messages(samples_.size());
@@ -454,7 +469,7 @@ void FileDataset::check_test_samples() {
       try {
         IMP_REQUIRE_DECODE(!any_caption || sample.has_caption, "caption: missing", sample.name,
                            " has no caption while other test samples do");
-        IMP_REQUIRE_DECODE(!any_label || sample.label >= 0, "label: missing", sample.name,
+        IMP_REQUIRE_DECODE(!any_label || !sample.labels.empty(), "label: missing", sample.name,
                            " has no known label while other test samples do");
         decode(modalities_, i, /*train=*/false, 0, 0);
       } catch (const DecodeError& e) {
@@ -486,6 +501,11 @@ void FileDataset::check_test_samples() {
     *log_ << "warning: " << source_ << ": " << dropped << " of " << dropped + size()
           << " test samples left out of evaluation\n";
   }
+}
+
+int64_t FileDataset::label(int64_t index, int set) const {
+  const std::vector<int64_t>& labels = samples_.at(index).labels;
+  return labels.empty() ? -1 : labels.front();
 }
 
 std::vector<int64_t> FileDataset::epoch_order(uint64_t epoch_seed) const {

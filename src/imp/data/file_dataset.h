@@ -51,8 +51,8 @@ struct FileSample {
                                                  // while audio comes from the video's track
   bool has_caption = false;
   std::string caption;
-  std::string label_text;                        // as written in the data; empty = none
-  int64_t label = -1;                            // index into the class names; -1 = none
+  std::vector<std::string> label_texts;          // as written in the data; empty = none
+  std::vector<int64_t> labels;                   // indices into the class names
 };
 
 // The bytes of one part of a sample. Throws DecodeError "<modality>: cannot
@@ -83,7 +83,10 @@ class FileDataset : public Dataset {
 
   int64_t size() const override { return static_cast<int64_t>(samples_.size()); }
   const std::vector<LabelSet>& label_sets() const override { return label_sets_; }
-  int64_t label(int64_t index, int set = 0) const override { return samples_.at(index).label; }
+  int64_t label(int64_t index, int set = 0) const override;
+  std::vector<int64_t> label_list(int64_t index, int set = 0) const override {
+    return samples_.at(index).labels;
+  }
   std::vector<std::string> modalities() const override { return modalities_; }
   at::Tensor input(const std::string& modality, const std::vector<int64_t>& indices,
                    const std::vector<uint64_t>& draws) const override;

@@ -8,6 +8,7 @@
 #include <torch/nn/functional/normalization.h>
 
 #include "imp/core/autocast.h"
+#include "imp/core/error.h"
 #include "imp/core/random.h"
 #include "imp/data/captions.h"
 #include "imp/data/dataset.h"
@@ -208,7 +209,15 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
     const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
     for (int set : head_sets) {
       const std::string name = several_sets ? sets[set].name + "_top1" : "head_top1";
-      metrics[prefix + name] = top1_accuracy(features[modality].logits.at(set), test.labels(all, set));
+      const at::Tensor& logits = features[modality].logits.at(set);
+      if (sets[set].multi_label) {
+        const at::Tensor targets = test.targets(all, set);
+        metrics[prefix + name] = top1_hit_rate(logits, targets);
+        metrics[prefix + (several_sets ? sets[set].name + "_map" : "head_map")] =
+            mean_average_precision(logits, targets);
+      } else {
+        metrics[prefix + name] = top1_accuracy(logits, test.labels(all, set));
+      }
     }
   }
 
@@ -221,10 +230,15 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
       const at::Tensor& embedding = features[modality].embedding;
       const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
       for (size_t set = 0; set < sets.size(); ++set) {
+        if (sets[set].class_names.empty()) continue;  // captions without labels
         at::Tensor classes = class_embeddings(model, tokenizer, sets[set], config, device);
         const std::string name = (several_sets ? sets[set].name + "_" : "") + "zeroshot_top1";
-        metrics[prefix + name] =
-            top1_accuracy(embedding.matmul(classes.t()), test.labels(all, static_cast<int>(set)));
+        const at::Tensor scores = embedding.matmul(classes.t());
+        if (sets[set].multi_label) {
+          metrics[prefix + name] = top1_hit_rate(scores, test.targets(all, static_cast<int>(set)));
+        } else {
+          metrics[prefix + name] = top1_accuracy(scores, test.labels(all, static_cast<int>(set)));
+        }
       }
       // Examples query the distinct captions; each example's caption queries the examples.
       const std::string x = letter(modality);
@@ -259,11 +273,26 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
   }
 
   // A linear probe on frozen features of the training images (image
-  // datasets only: video and audio would need a second pass over their
-  // training split).
-  if (own_modality == kImage && features.count(kImage)) {
+  // datasets with one label per example only: video and audio would need a
+  // second pass over their training split).
+  if (own_modality == kImage && features.count(kImage) && !sets[0].class_names.empty() &&
+      !sets[0].multi_label) {
     auto train = load_dataset(dataset, config.model, /*train=*/true, config.cache_dir);
-    std::vector<int64_t> probe = strided_indices(train->size(), config.eval.linear_probe_examples);
+    std::vector<int64_t> probe;
+    for (int64_t index : strided_indices(train->size(), config.eval.linear_probe_examples)) {
+      if (train->label(index) < 0) continue;
+      if (train->failures() != nullptr) {
+        // The train split of decoded files is not checked at load: a sample
+        // that fails here stays out of the probe.
+        try {
+          train->eval_input(kImage, {index}, 0);
+        } catch (const DataError&) {
+          continue;
+        }
+      }
+      probe.push_back(index);
+    }
+    if (probe.empty()) return;
     Features train_features = embed(model, *train, kImage, probe, {}, false, config, device);
     LinearProbeOptions probe_options;
     probe_options.steps = config.eval.linear_probe_steps;

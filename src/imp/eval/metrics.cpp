@@ -13,6 +13,30 @@ double top1_accuracy(const at::Tensor& logits, const at::Tensor& labels) {
   return logits.argmax(1).eq(labels).to(at::kDouble).mean().item<double>();
 }
 
+double top1_hit_rate(const at::Tensor& logits, const at::Tensor& targets) {
+  TORCH_CHECK(logits.dim() == 2 && logits.sizes() == targets.sizes(),
+              "top1_hit_rate needs logits and targets of one shape [Q, K], got ", logits.sizes(),
+              " and ", targets.sizes());
+  const at::Tensor top = logits.argmax(1, /*keepdim=*/true);
+  return targets.to(at::kDouble).gather(1, top).gt(0.5).to(at::kDouble).mean().item<double>();
+}
+
+double mean_average_precision(const at::Tensor& scores, const at::Tensor& targets) {
+  TORCH_CHECK(scores.dim() == 2 && scores.sizes() == targets.sizes(),
+              "mean_average_precision needs scores and targets of one shape [Q, K], got ",
+              scores.sizes(), " and ", targets.sizes());
+  const at::Tensor order = scores.to(at::kDouble).argsort(0, /*descending=*/true);  // [Q, K]
+  const at::Tensor hits = targets.to(at::kDouble).gather(0, order);                // ranked
+  const at::Tensor positives = hits.sum(0);                                        // [K]
+  const at::Tensor ranks = at::arange(1, scores.size(0) + 1, at::kDouble).unsqueeze(1);
+  // Average precision: the precision at each positive's rank, averaged.
+  const at::Tensor precision = hits.cumsum(0) / ranks;
+  const at::Tensor per_class = (precision * hits).sum(0) / positives.clamp_min(1.0);
+  const at::Tensor present = positives.gt(0);
+  if (!present.any().item<bool>()) return 0.0;
+  return per_class.masked_select(present).mean().item<double>();
+}
+
 double recall_at_k(const at::Tensor& scores, const at::Tensor& query_groups,
                    const at::Tensor& gallery_groups, int64_t k) {
   TORCH_CHECK(scores.dim() == 2 && query_groups.size(0) == scores.size(0) &&

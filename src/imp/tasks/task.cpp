@@ -46,6 +46,17 @@ Task::Task(TaskConfig config, std::shared_ptr<const Dataset> data, uint64_t seed
   } catch (const ConfigError& e) {
     throw ConfigError(str_cat("tasks.", config_.name, ".label: ", e.what()));
   }
+  const LabelSet& set = data_->label_sets()[label_set_];
+  if (needs_label()) {
+    IMP_REQUIRE(ConfigError, !set.class_names.empty(), "task '", config_.name, "' needs labels but dataset '",
+                data_->name(), "' has no classes; give its samples labels (or a label_map), or use "
+                "objective nce with text: caption");
+  }
+  IMP_REQUIRE(ConfigError, !set.multi_label || config_.objective == "sigmoid_bce" ||
+                               (config_.objective == "nce" && config_.text != "label"),
+              "task '", config_.name, "': dataset '", data_->name(), "' has several labels per sample, "
+              "which only objective sigmoid_bce can learn; set tasks.", config_.name,
+              ".objective to sigmoid_bce", config_.objective == "nce" ? " or text to caption" : "");
 }
 
 std::shared_ptr<const std::vector<int64_t>> Task::epoch_order(int64_t epoch) const {
@@ -149,6 +160,7 @@ Batch Task::make_batch(int64_t batch_index) const {
     for (auto& [modality, list] : rows) batch.inputs[modality] = at::stack(list);
   }
   batch.labels = data_->labels(indices, label_set_);
+  if (data_->label_sets()[label_set_].multi_label) batch.targets = data_->targets(indices, label_set_);
   add_inputs(batch, indices, draws);
   return batch;
 }
@@ -162,14 +174,19 @@ TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch)
 
   TaskOutput out;
   if (config_.objective == "sigmoid_bce") {
-    torch::Tensor targets = torch::one_hot(batch.labels, logits.size(1)).to(at::kFloat);
+    torch::Tensor targets = batch.targets.defined()
+                                ? batch.targets.to(logits.device())
+                                : torch::one_hot(batch.labels, logits.size(1)).to(at::kFloat);
     out.loss = sigmoid_binary_cross_entropy(logits, targets);
   } else {
     out.loss = softmax_cross_entropy(logits, batch.labels);
   }
   out.loss = out.loss + model->config().moe.aux_loss_weight * encoded.aux_loss;
 
-  out.metrics["accuracy"] = top1_accuracy(logits.detach(), batch.labels);
+  // With several labels per example, a hit is a top class among them.
+  out.metrics["accuracy"] = batch.targets.defined()
+                                ? top1_hit_rate(logits.detach(), batch.targets.to(logits.device()))
+                                : top1_accuracy(logits.detach(), batch.labels);
   out.tokens = count_tokens(model->config(), modality, input);
   return out;
 }
