@@ -10,9 +10,9 @@
 
 namespace imp {
 
-// Reads every sample of `paths` (tar shards or brace patterns, or manifest
-// files; the kind follows from each path's extension: .tar, .csv, .jsonl)
-// and decodes each of its image, video and audio files. Returns one JSON
+// Reads every sample of `paths` and decodes each of its image, video and
+// audio files. A path is a tar shard or brace pattern, or a manifest
+// (.csv, .jsonl); its extension tells which. Returns one JSON
 // object: the sources, the number of samples, per modality the count, the
 // failures and the range of sizes (pixels, frames, seconds), how many
 // samples have captions and labels, the classes, the failures per reason

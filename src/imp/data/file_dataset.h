@@ -9,9 +9,9 @@
 // (Dataset::failures); a sample that lacks a part a task needs is skipped
 // the same way. Nothing is ever replaced by zeros.
 //
-// Training order (epoch_order): for shards, as WebDataset readers do, the
-// shard order is shuffled per epoch, samples are read in tar order and pass a
-// shuffle buffer that mixes neighbouring shards; for manifests, a uniform
+// Training order (epoch_order): for shards, the shard order is shuffled per
+// epoch, as WebDataset readers do. Samples are read in tar order and pass a
+// shuffle buffer that mixes neighbouring shards. Manifests get a uniform
 // permutation. Both are functions of the seed and epoch, so a run resumes its
 // data stream from a batch index.
 //
@@ -35,7 +35,7 @@
 
 namespace imp {
 
-// Where one part of a sample is: a member of a tar shard, or a file.
+// The location of one part of a sample: a member of a tar shard, or a file.
 struct SampleSource {
   std::string path;        // shard or file
   bool in_shard = false;
@@ -47,8 +47,9 @@ struct SampleSource {
 struct FileSample {
   std::string name;                              // "shards/a.tar:000123" or "train.csv line 5"
   int shard = -1;                                // index into the shard list; -1 for manifests
-  std::map<std::string, SampleSource> sources;   // modality -> its file; "audio" may be absent
-                                                 // while audio comes from the video's track
+  // Modality -> its file. Without an "audio" entry, audio comes from the
+  // video's sound track.
+  std::map<std::string, SampleSource> sources;
   bool has_caption = false;
   std::string caption;
   std::vector<std::string> label_texts;          // as written in the data; empty = none

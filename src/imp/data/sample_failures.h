@@ -27,7 +27,7 @@ class SampleFailures {
   void record_success();
   // Counts one skipped sample. The first few failures of each reason are
   // logged with their message, then every 1000th, so that a broken shard
-  // does not flood the log; a sample that failed before for the same reason
+  // does not flood the log. A sample that failed before for the same reason
   // (same `sample` index, when given) is counted but not logged again.
   // Throws TrainingError with the counts per reason when the limit is passed.
   void record_failure(const std::string& reason, const std::string& message, int64_t sample = -1);
