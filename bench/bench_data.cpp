@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "source_commit.h"
 #include "imp/config/config.h"
 #include "imp/core/random.h"
 #include "imp/core/threads.h"
@@ -32,9 +33,6 @@
 #include "imp/io/video_decoder.h"
 #include "imp/train/trainer.h"
 
-#ifndef IMP_GIT_COMMIT
-#define IMP_GIT_COMMIT "unknown"
-#endif
 
 namespace fs = std::filesystem;
 
@@ -91,7 +89,7 @@ int main(int argc, char** argv) {
     fs::create_directories(dir);
 
     std::printf("bench_data: %s, libtorch %s, commit %s\n", imp::thread_settings().c_str(),
-                imp::torch_version().c_str(), IMP_GIT_COMMIT);
+                imp::torch_version().c_str(), source_commit().c_str());
 
     // 1. Images: decode + random resized crop + flip to 224x224.
     const std::string jpeg_path = (dir / "photo.jpg").string();

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "imp/config/config.h"
+#include "imp/core/autocast.h"
 #include "imp/model/embedders.h"
 #include "imp/model/encoder.h"
 #include "imp/model/imp_model.h"
@@ -161,6 +162,121 @@ TEST(ImpModel, RoutingStatsCollectedPerModality) {
   nlohmann::json stats = model->routing_stats().to_json();
   EXPECT_NE(stats.dump().find("image"), std::string::npos);
   EXPECT_NE(stats.dump().find("text"), std::string::npos);
+}
+
+// Gradients of every parameter after one NCE-like loss over an image and a
+// text pass, with or without recomputing the blocks.
+std::map<std::string, torch::Tensor> gradients(ImpModel& model, bool rematerialize, bool bf16) {
+  torch::manual_seed(3);
+  torch::Tensor images = torch::randn({3, 1, 1, 28, 28});
+  torch::Tensor ids = torch::randint(3, 50, {3, 8}, torch::kLong);
+  torch::Tensor mask = torch::ones({3, 8}, torch::kBool);
+  mask[2].slice(0, 5) = false;
+  model->zero_grad();
+  EncodeOptions options;
+  options.rematerialize = rematerialize;
+  torch::Tensor loss;
+  {
+    AutocastScope autocast(torch::kCPU, bf16);
+    Encoded image = model->encode("image", images, {}, options);
+    Encoded text = model->encode("text", ids, mask, options);
+    loss = (model->project("image", image.pooled) * model->project("text", text.pooled)).sum() +
+           image.aux_loss + text.aux_loss;
+  }
+  loss.backward();
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : model->named_parameters()) {
+    if (item.value().grad().defined()) out[item.key()] = item.value().grad().clone();
+  }
+  return out;
+}
+
+TEST(Rematerialize, GradientsEqualPlainPath) {
+  for (const std::string router : {"experts_choose", "token_choice"}) {
+    for (bool bf16 : {false, true}) {
+      ModelConfig config = small_config(4);
+      config.moe.router = router;
+      config.moe.aux_loss_weight = 0.01;
+      torch::manual_seed(0);
+      ImpModel model(config, 50, Heads{});
+      const auto plain = gradients(model, false, bf16);
+      const auto recomputed = gradients(model, true, bf16);
+      ASSERT_EQ(plain.size(), recomputed.size()) << router;
+      ASSERT_GT(plain.size(), 20u);
+      for (const auto& [name, grad] : plain) {
+        ASSERT_TRUE(recomputed.count(name)) << name;
+        // The recomputed pass runs the same operations on the same inputs,
+        // so fp32 gradients agree to rounding. Under bf16 autocast the plain
+        // path casts a weight once for both passes and sums the two passes'
+        // gradients in bf16 before casting them back, while each recomputed
+        // block casts afresh: they agree to bf16 precision (8 bits).
+        const float difference = (grad - recomputed.at(name)).abs().max().item<float>();
+        const float scale = grad.abs().max().item<float>();
+        EXPECT_LE(difference, (bf16 ? 1e-2f : 1e-5f) * scale + 1e-7f)
+            << router << (bf16 ? " bf16 " : " fp32 ") << name << " gradient scale " << scale;
+      }
+    }
+  }
+}
+
+TEST(Rematerialize, NoRecomputationWithoutGradients) {
+  ModelConfig config = small_config(4);
+  torch::manual_seed(0);
+  ImpModel model(config, 50, Heads{});
+  torch::Tensor images = torch::randn({2, 1, 1, 28, 28});
+  EncodeOptions options;
+  options.rematerialize = true;
+  torch::NoGradGuard no_grad;
+  Encoded recomputed = model->encode("image", images, {}, options);
+  Encoded plain = model->encode("image", images);
+  EXPECT_TRUE(torch::equal(recomputed.pooled, plain.pooled));
+}
+
+TEST(DropToken, KeepsExactlyTheStatedCount) {
+  for (const auto& [tokens, rate, kept] :
+       std::vector<std::tuple<int64_t, double, int64_t>>{{196, 0.75, 49}, {49, 0.5, 24}, {10, 0.0, 10},
+                                                         {4, 0.9, 1}, {1, 0.5, 1}}) {
+    torch::manual_seed(1);
+    torch::Tensor keep = droptoken_keep_indices(6, tokens, rate, torch::kCPU);
+    ASSERT_EQ(keep.sizes(), torch::IntArrayRef({6, kept})) << tokens << " " << rate;
+    for (int64_t b = 0; b < 6; ++b) {
+      torch::Tensor row = keep[b];
+      EXPECT_EQ(std::get<0>(at::_unique(row)).numel(), kept);  // no token twice
+      EXPECT_TRUE(torch::equal(row, std::get<0>(row.sort())));  // token order kept
+      EXPECT_GE(row.min().item<int64_t>(), 0);
+      EXPECT_LT(row.max().item<int64_t>(), tokens);
+    }
+  }
+  // Examples get different subsets.
+  torch::Tensor keep = droptoken_keep_indices(8, 196, 0.75, torch::kCPU);
+  int distinct_rows = 0;
+  for (int64_t b = 1; b < 8; ++b) distinct_rows += torch::equal(keep[b], keep[0]) ? 0 : 1;
+  EXPECT_EQ(distinct_rows, 7);
+}
+
+TEST(DropToken, EncodesOnlyTheKeptTokens) {
+  ModelConfig config = small_config(0);
+  torch::manual_seed(0);
+  ImpModel model(config, 50, Heads{});
+  torch::Tensor images = torch::randn({2, 1, 1, 28, 28});
+  EncodeOptions options;
+  options.drop_tokens = 0.5;
+  torch::manual_seed(5);
+  Encoded dropped = model->encode("image", images, {}, options);
+  // The same draw, done by hand: the encoder sees the kept 24 of 49 tokens
+  // (24.5 rounds away from zero, so 25 go).
+  torch::manual_seed(5);
+  torch::Tensor keep = droptoken_keep_indices(2, 49, 0.5, torch::kCPU);
+  EXPECT_EQ(keep.size(1), 24);
+  torch::Tensor tokens = model->vision()->forward(images);
+  tokens = tokens.gather(1, keep.unsqueeze(-1).expand({-1, -1, tokens.size(2)}));
+  torch::Tensor expected = model->encoder()->forward(tokens, {}, "image", nullptr).hidden.mean(1);
+  EXPECT_TRUE(torch::allclose(dropped.pooled, expected, 1e-5, 1e-6));
+  // Text is never dropped.
+  torch::Tensor ids = torch::randint(3, 50, {2, 8}, torch::kLong);
+  torch::Tensor mask = torch::ones({2, 8}, torch::kBool);
+  EXPECT_TRUE(torch::allclose(model->encode("text", ids, mask, options).pooled,
+                              model->encode("text", ids, mask).pooled));
 }
 
 }  // namespace

@@ -132,6 +132,8 @@ void visit_fields(Visitor& v, TaskConfig& c) {
   v("label", c.label);
   v("batch_size", c.batch_size);
   v("weight", c.weight);
+  v("drop_tokens", c.drop_tokens);
+  v("rematerialize", c.rematerialize);
 }
 
 template <typename Visitor>
@@ -1030,6 +1032,10 @@ void validate_tasks(const Context& ctx, const Config& config) {
   for (std::size_t i = 0; i < config.tasks.size(); ++i) {
     const std::string path = join_index("tasks", i);
     validate_task(ctx, path, config.tasks[i], config.datasets);
+    const double drop = config.tasks[i].drop_tokens;
+    if (!(drop >= 0.0 && drop < 1.0)) {
+      fail(ctx, path + ".drop_tokens", str_cat("must be in [0, 1), found ", drop));
+    }
     for (std::size_t j = 0; j < i; ++j) {
       if (config.tasks[j].name == config.tasks[i].name) {
         fail(ctx, path + ".name",

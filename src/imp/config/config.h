@@ -172,6 +172,8 @@ struct TaskConfig {
                                    // empty = the dataset's first (e.g. item before motion)
   int batch_size = 128;
   double weight = -1.0;            // sampling weight; < 0 = proportional to dataset size
+  double drop_tokens = 0.0;        // DropToken: share of image, video and audio tokens dropped in training
+  bool rematerialize = false;      // recompute encoder blocks in the backward pass to save memory
 };
 
 struct OptimizerConfig {

@@ -40,6 +40,8 @@ void set_autocast(c10::DeviceType device, bool enabled) {
 
 }  // namespace
 
+bool autocast_is_enabled(c10::DeviceType device) { return autocast_enabled(device); }
+
 AutocastScope::AutocastScope(c10::DeviceType device, bool enabled)
     : device_(device), enabled_(enabled) {
   if (!enabled_) return;

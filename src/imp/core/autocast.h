@@ -8,6 +8,9 @@
 
 namespace imp {
 
+// Whether bf16 autocast is on for `device` in this thread.
+bool autocast_is_enabled(c10::DeviceType device);
+
 // Enables autocast to bfloat16 for `device` while alive, when `enabled`;
 // restores the previous state on destruction. Nestable.
 class AutocastScope {

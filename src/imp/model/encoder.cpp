@@ -1,10 +1,77 @@
 #include "imp/model/encoder.h"
 
+#include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
 
+#include "imp/core/autocast.h"
 #include "imp/moe/routing_stats.h"
 
 namespace imp {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// One encoder block run without keeping its activations: the forward pass
+// saves only the block's input, and the backward pass runs the block again
+// with gradients on, under the autocast state of the forward pass, and
+// back-propagates through that copy. The recomputed pass accumulates the
+// parameters' gradients itself, so only the input's gradient is returned.
+// Blocks hold no randomness, so the second pass equals the first.
+struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
+  // Outputs: the block's output [B, N, D] and its auxiliary loss (a zero
+  // scalar for dense blocks). Routing metrics go to *routing.
+  // The mask comes as a pointer because autograd functions take only
+  // defined tensors as tensor arguments, and the mask may be undefined.
+  static variable_list forward(AutogradContext* ctx, torch::Tensor x, const torch::Tensor* mask_ptr,
+                               EncoderBlockImpl* block, RoutingMetrics* routing) {
+    const torch::Tensor mask = *mask_ptr;
+    const bool autocast = autocast_is_enabled(x.device().type());
+    BlockOutput out;
+    {
+      torch::NoGradGuard no_grad;
+      out = block->forward(x, mask);
+    }
+    ctx->save_for_backward({x});
+    ctx->saved_data["mask"] = mask;
+    // A pointer kept as an integer: IValue holds no raw pointers, and the
+    // block outlives every backward pass of the graph it is part of.
+    ctx->saved_data["block"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(block));
+    ctx->saved_data["autocast"] = autocast;
+    ctx->saved_data["has_aux"] = out.aux_loss.defined();
+    if (routing != nullptr) *routing = std::move(out.routing);
+    torch::Tensor aux = out.aux_loss.defined() ? out.aux_loss : torch::zeros({}, x.options());
+    return {out.x, aux};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    const torch::Tensor mask = ctx->saved_data["mask"].toTensor();
+    auto* block = reinterpret_cast<EncoderBlockImpl*>(
+        static_cast<intptr_t>(ctx->saved_data["block"].toInt()));
+    {
+      torch::AutoGradMode grad_on(true);
+      BlockOutput out;
+      {
+        // Only the recomputed forward runs under autocast. The backward pass
+        // below must not: like the plain path's, it runs in each saved
+        // tensor's own precision.
+        AutocastScope autocast(x.device().type(), ctx->saved_data["autocast"].toBool());
+        out = block->forward(x, mask);
+      }
+      std::vector<torch::Tensor> outputs{out.x}, output_grads{grads[0]};
+      // Experts-choose routing has a constant auxiliary loss of zero.
+      if (ctx->saved_data["has_aux"].toBool() && grads[1].defined() && out.aux_loss.requires_grad()) {
+        outputs.push_back(out.aux_loss);
+        output_grads.push_back(grads[1]);
+      }
+      torch::autograd::backward(outputs, output_grads);
+    }
+    return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
 
 bool is_moe_layer(const ModelConfig& config, int layer) {
   if (config.moe.num_experts <= 0) return false;
@@ -63,11 +130,22 @@ EncoderImpl::EncoderImpl(const ModelConfig& config) {
 }
 
 EncoderOutput EncoderImpl::forward(const torch::Tensor& tokens, const torch::Tensor& mask,
-                                   const std::string& modality, RoutingStats* stats) {
+                                   const std::string& modality, RoutingStats* stats,
+                                   bool rematerialize) {
   torch::Tensor x = tokens.to(at::kFloat);
   torch::Tensor aux = torch::zeros({}, x.options());
+  // Recomputing pays only when a backward pass will follow.
+  const bool recompute = rematerialize && torch::GradMode::is_enabled();
   for (size_t layer = 0; layer < blocks_.size(); ++layer) {
-    BlockOutput out = blocks_[layer]->forward(x, mask);
+    BlockOutput out;
+    if (recompute) {
+      variable_list outputs =
+          RecomputedBlock::apply(x, &mask, blocks_[layer].get(), &out.routing);
+      out.x = outputs[0];
+      if (blocks_[layer]->is_moe()) out.aux_loss = outputs[1];
+    } else {
+      out = blocks_[layer]->forward(x, mask);
+    }
     x = out.x;
     if (!blocks_[layer]->is_moe()) continue;
     aux = aux + out.aux_loss.to(at::kFloat);

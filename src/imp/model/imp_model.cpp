@@ -29,8 +29,19 @@ ImpModelImpl::ImpModelImpl(const ModelConfig& config, int64_t vocab_size,
       "log_logit_scale", torch::full({}, std::log(1.0 / config.temperature_init)));
 }
 
+torch::Tensor droptoken_keep_indices(int64_t batch, int64_t tokens, double rate,
+                                     const torch::Device& device) {
+  TORCH_CHECK(rate >= 0.0 && rate < 1.0, "DropToken rate must be in [0, 1), got ", rate);
+  const int64_t dropped = static_cast<int64_t>(std::llround(static_cast<double>(tokens) * rate));
+  const int64_t kept = std::max<int64_t>(1, tokens - dropped);
+  // The kept tokens of each example: the positions of its `kept` smallest
+  // uniform draws, a uniformly random subset, put back in token order.
+  torch::Tensor scores = torch::rand({batch, tokens}, torch::TensorOptions().device(device));
+  return std::get<0>(std::get<1>(scores.topk(kept, /*dim=*/1, /*largest=*/false)).sort(1));
+}
+
 Encoded ImpModelImpl::encode(const std::string& modality, const torch::Tensor& input,
-                             const torch::Tensor& mask) {
+                             const torch::Tensor& mask, const EncodeOptions& options) {
   torch::Tensor tokens;  // [B, N, D]
   if (modality == kImage || modality == kVideo) {
     tokens = vision_(input);
@@ -42,8 +53,14 @@ Encoded ImpModelImpl::encode(const std::string& modality, const torch::Tensor& i
     TORCH_CHECK(false, "unknown modality '", modality, "'; expected image, video, audio or text");
   }
 
+  if (options.drop_tokens > 0.0 && modality != kText && !mask.defined()) {
+    const torch::Tensor keep =
+        droptoken_keep_indices(tokens.size(0), tokens.size(1), options.drop_tokens, tokens.device());
+    tokens = tokens.gather(1, keep.unsqueeze(-1).expand({-1, -1, tokens.size(2)}));
+  }
+
   RoutingStats* stats = collect_routing_ ? &routing_stats_ : nullptr;
-  EncoderOutput out = encoder_(tokens, mask, modality, stats);
+  EncoderOutput out = encoder_(tokens, mask, modality, stats, options.rematerialize);
 
   // Mean over the real tokens only: padding must not dilute short texts.
   torch::Tensor pooled;

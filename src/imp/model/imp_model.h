@@ -31,6 +31,23 @@ struct Encoded {
   torch::Tensor aux_loss;  // scalar, MoE auxiliary losses of this pass
 };
 
+// How one encode() call runs; the defaults suit evaluation.
+struct EncodeOptions {
+  // DropToken: the share of each example's image, video or audio tokens
+  // dropped at random after the position embedding, a different subset per
+  // example (torch's global generator draws it). round(N x drop_tokens) of
+  // N tokens go and at least one stays. Text is never dropped.
+  double drop_tokens = 0.0;
+  // Recompute each encoder block in the backward pass instead of keeping
+  // its activations (EncoderImpl::forward).
+  bool rematerialize = false;
+};
+
+// Indices [B, K] of the tokens each of B examples keeps when DropToken drops
+// round(N x rate) of its N tokens (at least one stays), in ascending order.
+torch::Tensor droptoken_keep_indices(int64_t batch, int64_t tokens, double rate,
+                                     const torch::Device& device);
+
 class ImpModelImpl : public torch::nn::Module {
  public:
   // `classifiers` maps a dataset name to its number of classes; each gets a
@@ -43,7 +60,7 @@ class ImpModelImpl : public torch::nn::Module {
   //   audio:        [B, M, F] float log-mel spectrogram
   //   text:         [B, L] int64 ids with `mask` [B, L] bool (true = real)
   Encoded encode(const std::string& modality, const torch::Tensor& input,
-                 const torch::Tensor& mask = {});
+                 const torch::Tensor& mask = {}, const EncodeOptions& options = {});
 
   // Projects pooled features [B, D] of `modality` into the shared space [B, P].
   torch::Tensor project(const std::string& modality, const torch::Tensor& pooled);
@@ -56,6 +73,7 @@ class ImpModelImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
   Encoder& encoder() { return encoder_; }
+  VisionEmbedder& vision() { return vision_; }
 
   // Routing of every MoE layer, accumulated by encode() while collection is on.
   RoutingStats& routing_stats() { return routing_stats_; }

@@ -1,6 +1,7 @@
 #include "imp/tasks/task.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "imp/core/error.h"
@@ -13,18 +14,24 @@
 namespace imp {
 namespace {
 
-// Tokens the embedder of `modality` makes from `input`; text counts its real
-// tokens through `mask`.
+// Tokens the encoder gets from `input` of `modality`: the embedder's tokens,
+// less those DropToken removes at `drop_tokens`; text counts its real tokens
+// through `mask`.
 int64_t count_tokens(const ModelConfig& model, const std::string& modality,
-                     const torch::Tensor& input, const torch::Tensor& mask = {}) {
+                     const torch::Tensor& input, const torch::Tensor& mask = {},
+                     double drop_tokens = 0.0) {
   if (modality == kText) return mask.defined() ? mask.sum().item<int64_t>() : input.numel();
+  int64_t per_example = 0;
   if (modality == kAudio) {
     const auto& p = model.audio.patch;
-    return input.size(0) * (input.size(1) / p[0]) * (input.size(2) / p[1]);
+    per_example = (input.size(1) / p[0]) * (input.size(2) / p[1]);
+  } else {
+    const auto& p = model.vision.patch;
+    const int64_t frames = std::max<int64_t>(input.size(2), p[0]);  // short clips are repeated
+    per_example = (frames / p[0]) * (input.size(3) / p[1]) * (input.size(4) / p[2]);
   }
-  const auto& p = model.vision.patch;
-  const int64_t frames = std::max<int64_t>(input.size(2), p[0]);  // short clips are repeated
-  return input.size(0) * (frames / p[0]) * (input.size(3) / p[1]) * (input.size(4) / p[2]);
+  const auto dropped = static_cast<int64_t>(std::llround(static_cast<double>(per_example) * drop_tokens));
+  return input.size(0) * std::max<int64_t>(1, per_example - dropped);
 }
 
 }  // namespace
@@ -78,6 +85,13 @@ int64_t Task::example_at(int64_t position) const {
 
 uint64_t Task::draw_at(int64_t position) const {
   return mix64(seed_ ^ 0x5bd1e995ULL, static_cast<uint64_t>(position));
+}
+
+EncodeOptions Task::encode_options() const {
+  EncodeOptions options;
+  options.drop_tokens = config_.drop_tokens;
+  options.rematerialize = config_.rematerialize;
+  return options;
 }
 
 bool Task::needs_label() const {
@@ -168,7 +182,7 @@ Batch Task::make_batch(int64_t batch_index) const {
 TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch) const {
   const std::string& modality = config_.modalities.at(0);
   const torch::Tensor& input = batch.inputs.at(modality);
-  Encoded encoded = model->encode(modality, input);
+  Encoded encoded = model->encode(modality, input, {}, encode_options());
   torch::Tensor logits =
       model->classify(classifier_name(*data_, label_set_), encoded.pooled).to(at::kFloat);  // [B, K]
 
@@ -187,7 +201,7 @@ TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch)
   out.metrics["accuracy"] = batch.targets.defined()
                                 ? top1_hit_rate(logits.detach(), batch.targets.to(logits.device()))
                                 : top1_accuracy(logits.detach(), batch.labels);
-  out.tokens = count_tokens(model->config(), modality, input);
+  out.tokens = count_tokens(model->config(), modality, input, {}, config_.drop_tokens);
   return out;
 }
 
@@ -244,11 +258,11 @@ TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) co
   const std::string& first = config_.modalities[0];
   const std::string& second = config_.modalities[1];
   const torch::Tensor& input = batch.inputs.at(first);
-  Encoded a = model->encode(first, input);
+  Encoded a = model->encode(first, input, {}, encode_options());
   torch::Tensor z_a = model->project(first, a.pooled);  // [B, P]
 
   TaskOutput out;
-  out.tokens = count_tokens(model->config(), first, input);
+  out.tokens = count_tokens(model->config(), first, input, {}, config_.drop_tokens);
   torch::Tensor z_b, aux_b, groups = batch.positive_groups;
   if (second == kText) {
     const torch::Tensor& ids = batch.inputs.at(kText);  // [B, L]
@@ -260,7 +274,7 @@ TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) co
     torch::Tensor distinct = std::get<0>(unique);  // [U, 2L]
     torch::Tensor inverse = std::get<1>(unique);   // [B], row of each text in `distinct`
     torch::Tensor distinct_mask = distinct.narrow(1, L, L).to(at::kBool);
-    Encoded text = model->encode(kText, distinct.narrow(1, 0, L), distinct_mask);
+    Encoded text = model->encode(kText, distinct.narrow(1, 0, L), distinct_mask, encode_options());
     z_b = model->project(kText, text.pooled).index_select(0, inverse);  // [B, P]
     aux_b = text.aux_loss;
     out.tokens += distinct_mask.sum().item<int64_t>();
@@ -268,10 +282,10 @@ TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) co
     if (!groups.defined()) groups = inverse;
   } else {
     const torch::Tensor& other = batch.inputs.at(second);
-    Encoded b = model->encode(second, other);
+    Encoded b = model->encode(second, other, {}, encode_options());
     z_b = model->project(second, b.pooled);
     aux_b = b.aux_loss;
-    out.tokens += count_tokens(model->config(), second, other);
+    out.tokens += count_tokens(model->config(), second, other, {}, config_.drop_tokens);
   }
 
   out.loss = nce_loss(z_a, z_b, model->logit_scale(), torch::Tensor(), groups);

@@ -50,6 +50,9 @@ class Task {
   // Forward pass and loss on `batch` (on the model's device).
   virtual TaskOutput compute_loss(ImpModel& model, const Batch& batch) const = 0;
 
+  // How this task's encoder passes run (DropToken, rematerialisation).
+  EncodeOptions encode_options() const;
+
  protected:
   // Fills task-specific inputs for the examples at `indices` (with their
   // per-example random numbers `draws`) after the other inputs and labels.

@@ -1,0 +1,283 @@
+// Training throughput side by side with the PyTorch reference of the same
+// model, in one invocation, on one fixed synthetic batch (as the reference
+// times it): image-text NCE at the IMP-Ti shape (d_model 192, 12 layers,
+// 3 heads, MLP 768, 224x224 images in 16x16 patches, 64 text tokens of a
+// 32000-word vocabulary, batch 32; MoE: 4 experts, experts-choose, every
+// second layer).
+//
+//   build/bench/bench_peer [--steps N] [--warmup N] [--dtypes fp32,bf16]
+//                          [--peer PATH/imp_ref.py] [--no-peer] [--dense]
+//
+// For each dtype it runs imp in a child process with the thread settings
+// `imp train` uses, then the reference (Debian's /usr/bin/python3) with
+// OMP_WAIT_POLICY=PASSIVE (its best setting) and, for fp32, with the
+// default environment (what a user gets). It prints each run's steps/s,
+// tokens/s, model FLOP/s, and the matmul rate measured in the same process,
+// then the ratios. The last line is `ratio_vs_peer=<x>`: imp's tokens/s over
+// the reference's in its best setting, fp32, MoE.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "source_commit.h"
+#include "imp/config/config.h"
+#include "imp/core/autocast.h"
+#include "imp/core/threads.h"
+#include "imp/core/version.h"
+#include "imp/model/imp_model.h"
+#include "imp/objectives/losses.h"
+
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int64_t kBatch = 32, kImage = 224, kPatch = 16, kTextLen = 64, kVocab = 32000;
+constexpr int64_t kDModel = 192, kLayers = 12, kHeads = 3, kMlp = 768, kExperts = 4;
+
+struct Options {
+  int steps = 8;
+  int warmup = 1;
+  std::vector<std::string> dtypes{"fp32", "bf16"};
+  std::string peer = std::string(IMP_SOURCE_DIR) + "/../shared/peer/imp_ref.py";
+  bool run_peer = true;
+  bool moe = true;
+};
+
+imp::ModelConfig ti_config(bool moe) {
+  imp::ModelConfig model;
+  model.preset = "imp-ti";
+  model.d_model = kDModel;
+  model.num_layers = kLayers;
+  model.num_heads = kHeads;
+  model.mlp_dim = kMlp;
+  model.embed_dim = kDModel;
+  model.temperature_init = 0.07;
+  model.moe.num_experts = moe ? kExperts : 0;
+  model.moe.moe_every = 2;
+  model.moe.router = "experts_choose";
+  model.moe.capacity_factor = 1.0;
+  model.moe.group_size = (kImage / kPatch) * (kImage / kPatch);  // one image per routing group
+  model.vision.channels = 3;
+  model.vision.patch = {1, kPatch, kPatch};
+  model.vision.grid = {1, kImage / kPatch, kImage / kPatch};
+  model.text.max_len = kTextLen;
+  model.text.label_max_len = kTextLen;
+  return model;
+}
+
+// Model FLOPs of one training step, counted as the reference counts them:
+// 6 x matmul parameters x tokens per encoder pass, plus the attention
+// matmuls, the projections and the NCE logits.
+double step_flops(bool moe) {
+  const double d = kDModel, m = kMlp, B = kBatch;
+  const double moe_layers = moe ? kLayers / 2 : 0, dense_layers = kLayers - moe_layers;
+  const auto pass = [&](double n, double embed_params) {
+    const double params = embed_params + kLayers * 4 * d * d + dense_layers * 2 * d * m +
+                          moe_layers * d * kExperts;
+    const double expert_slots = B * n;  // experts-choose, capacity 1: every token once
+    return 6 * params * B * n + 6 * moe_layers * 2 * d * m * expert_slots +
+           12 * kLayers * d * B * n * n + 6 * B * d * d;
+  };
+  const double image_tokens = (kImage / kPatch) * (kImage / kPatch);
+  return pass(image_tokens, 3.0 * kPatch * kPatch * d) + pass(kTextLen, 0) + 6 * B * B * d;
+}
+
+// GFLOP/s of a 2048^3 matmul in `dtype`: the median of 7 calls.
+double matmul_gflops(const std::string& dtype) {
+  const auto type = dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  at::Tensor a = at::randn({2048, 2048}).to(type), b = at::randn({2048, 2048}).to(type);
+  at::matmul(a, b);
+  std::vector<double> rates;
+  for (int i = 0; i < 7; ++i) {
+    const auto start = Clock::now();
+    at::matmul(a, b);
+    rates.push_back(2.0 * 2048 * 2048 * 2048 / std::chrono::duration<double>(Clock::now() - start).count() / 1e9);
+  }
+  std::sort(rates.begin(), rates.end());
+  return rates[rates.size() / 2];
+}
+
+// Peak resident set (VmHWM) of this process in MiB.
+double peak_rss_mib() {
+  FILE* status = std::fopen("/proc/self/status", "r");
+  if (status == nullptr) return 0;
+  char line[256];
+  double kib = 0;
+  while (std::fgets(line, sizeof line, status) != nullptr) {
+    if (std::sscanf(line, "VmHWM: %lf kB", &kib) == 1) break;
+  }
+  std::fclose(status);
+  return kib / 1024.0;
+}
+
+// One imp run in this process: prints one JSON line.
+int run_imp(const std::string& dtype, const Options& options) {
+  imp::set_intra_op_threads(0);
+  torch::manual_seed(0);
+  const imp::ModelConfig config = ti_config(options.moe);
+  imp::ImpModel model(config, kVocab, std::map<std::string, int64_t>{});
+  model->train();
+  torch::optim::AdamW optimizer(model->parameters(),
+                                torch::optim::AdamWOptions(1e-4).weight_decay(0.05));
+  const at::Tensor images = torch::randn({kBatch, 3, 1, kImage, kImage});
+  const at::Tensor ids = torch::randint(3, kVocab, {kBatch, kTextLen}, torch::kLong);
+  const at::Tensor mask = torch::ones({kBatch, kTextLen}, torch::kBool);
+  const bool bf16 = dtype == "bf16";
+
+  const auto step = [&] {
+    optimizer.zero_grad();
+    torch::Tensor loss;
+    {
+      imp::AutocastScope autocast(c10::DeviceType::CPU, bf16);
+      imp::Encoded image = model->encode("image", images);
+      imp::Encoded text = model->encode("text", ids, mask);
+      loss = imp::nce_loss(model->project("image", image.pooled), model->project("text", text.pooled),
+                           model->logit_scale(), torch::Tensor(), torch::Tensor());
+    }
+    loss.backward();
+    optimizer.step();
+    return loss.item<double>();
+  };
+  for (int i = 0; i < options.warmup; ++i) step();
+  const auto start = Clock::now();
+  double loss = 0;
+  for (int i = 0; i < options.steps; ++i) loss = step();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const double steps_per_s = options.steps / seconds;
+  const double tokens = kBatch * ((kImage / kPatch) * (kImage / kPatch) + kTextLen);
+  nlohmann::json out = {{"dtype", dtype},
+                        {"steps_per_s", steps_per_s},
+                        {"tokens_per_s", steps_per_s * tokens},
+                        {"achieved_gflops", steps_per_s * step_flops(options.moe) / 1e9},
+                        {"matmul_gflops", matmul_gflops(dtype)},
+                        {"peak_rss_mib", peak_rss_mib()},
+                        {"last_loss", loss},
+                        {"threads", imp::thread_settings()}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+// Runs `command` through the shell and returns the last line that parses as
+// a JSON object, or null.
+nlohmann::json run_json(const std::string& command) {
+  FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r");
+  if (pipe == nullptr) return nullptr;
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  pclose(pipe);
+  nlohmann::json last = nullptr;
+  std::istringstream lines(output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    try {
+      last = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  return last;
+}
+
+double number(const nlohmann::json& row, const char* key) {
+  return row.is_object() && row.contains(key) && row[key].is_number() ? row[key].get<double>() : 0.0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  std::string child_dtype;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (arg == "--steps") options.steps = std::atoi(value().c_str());
+    else if (arg == "--warmup") options.warmup = std::atoi(value().c_str());
+    else if (arg == "--peer") options.peer = value();
+    else if (arg == "--no-peer") options.run_peer = false;
+    else if (arg == "--dense") options.moe = false;
+    else if (arg == "--child") child_dtype = value();
+    else if (arg == "--dtypes") {
+      options.dtypes.clear();
+      std::istringstream list(value());
+      for (std::string dtype; std::getline(list, dtype, ',');) options.dtypes.push_back(dtype);
+    } else {
+      std::fprintf(stderr, "bench_peer: unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  try {
+    if (!child_dtype.empty()) {
+      imp::reexec_with_thread_environment(child_dtype, argv);
+      return run_imp(child_dtype, options);
+    }
+
+    const std::string self = "/proc/" + std::to_string(getpid()) + "/exe";
+    char exe[4096];
+    const ssize_t length = readlink(self.c_str(), exe, sizeof exe - 1);
+    if (length <= 0) throw std::runtime_error("cannot find this executable");
+    exe[length] = '\0';
+    const std::string common = " --steps " + std::to_string(options.steps) + " --warmup " +
+                               std::to_string(options.warmup) + (options.moe ? "" : " --dense");
+    const std::string peer_flags =
+        "--d-model 192 --layers 12 --heads 3 --mlp-dim 768 --image-size 224 --patch 16 --threads 2 "
+        "--batch 32 --tasks image_text_nce --steps " + std::to_string(options.steps) + " --warmup " +
+        std::to_string(options.warmup) +
+        (options.moe ? " --experts 4 --routing experts_choose --moe-every 2" : "");
+
+    std::printf("bench_peer: image_text_nce, IMP-Ti (d_model 192, 12 layers, 3 heads, MLP 768, "
+                "224x224 / 16, text 64), batch 32, %s, %d timed steps after %d\n",
+                options.moe ? "MoE 4 experts experts-choose every 2nd layer" : "dense", options.steps,
+                options.warmup);
+    std::printf("bench_peer: libtorch %s, commit %s, %u cores\n", imp::torch_version().c_str(),
+                source_commit().c_str(), std::thread::hardware_concurrency());
+
+    double fp32_ratio = 0;
+    for (const std::string& dtype : options.dtypes) {
+      // The child picks its own thread settings, as `imp train` does.
+      const nlohmann::json ours = run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS '" +
+                                           std::string(exe) + "' --child " + dtype + common);
+      std::printf("bench_peer: imp %s: %.3f steps/s, %.0f tokens/s, %.1f model GFLOP/s = %.0f%% of "
+                  "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB [%s]\n",
+                  dtype.c_str(), number(ours, "steps_per_s"), number(ours, "tokens_per_s"),
+                  number(ours, "achieved_gflops"),
+                  100.0 * number(ours, "achieved_gflops") / std::max(1e-9, number(ours, "matmul_gflops")),
+                  number(ours, "matmul_gflops"), number(ours, "peak_rss_mib"),
+                  ours.is_object() ? ours.value("threads", "").c_str() : "run failed");
+      if (!options.run_peer) continue;
+      const std::string python = "/usr/bin/python3 '" + options.peer + "' " + peer_flags + " --dtype " + dtype;
+      const nlohmann::json best = run_json("env -u OPENBLAS_NUM_THREADS OMP_WAIT_POLICY=PASSIVE " + python);
+      const double ratio_best = number(ours, "tokens_per_s") / std::max(1e-9, number(best, "tokens_per_s"));
+      std::printf("bench_peer: reference %s, OMP_WAIT_POLICY=PASSIVE: %.3f steps/s, %.0f tokens/s, "
+                  "%.1f GFLOP/s; imp / reference = %.2fx\n",
+                  dtype.c_str(), number(best, "steps_per_s"), number(best, "tokens_per_s"),
+                  number(best, "achieved_gflops"), ratio_best);
+      if (dtype == "fp32") {
+        fp32_ratio = ratio_best;
+        const nlohmann::json plain = run_json("env -u OPENBLAS_NUM_THREADS -u OMP_WAIT_POLICY " + python);
+        std::printf("bench_peer: reference fp32, default environment: %.3f steps/s, %.0f tokens/s; "
+                    "imp / reference = %.2fx\n",
+                    number(plain, "steps_per_s"), number(plain, "tokens_per_s"),
+                    number(ours, "tokens_per_s") / std::max(1e-9, number(plain, "tokens_per_s")));
+      }
+    }
+    if (options.run_peer && fp32_ratio > 0) std::printf("ratio_vs_peer=%.3f\n", fp32_ratio);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_peer: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
