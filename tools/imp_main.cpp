@@ -72,7 +72,8 @@ int main(int argc, char** argv) {
   inspect->add_flag("--json", as_json, "print one JSON object instead of text");
   imp::MakeShardsOptions shard_options;
   CLI::App* make_shards = data->add_subcommand(
-      "make-shards", "Pack the files a manifest lists into WebDataset tar shards.");
+      "make-shards", "Pack the files a manifest lists into WebDataset tar shards. Exits with 1 "
+                     "when a row was skipped (its shards are still written).");
   make_shards->add_option("manifest", shard_options.manifest, "a .csv or .jsonl manifest")
       ->required()
       ->check(CLI::ExistingFile);
@@ -107,10 +108,14 @@ int main(int argc, char** argv) {
     if (make_shards->parsed()) {
       const imp::MakeShardsResult result = imp::make_shards(shard_options);
       for (const std::string& problem : result.problems) std::cerr << "warning: " << problem << "\n";
-      std::cout << "wrote " << result.samples << " samples into " << result.shards.size()
-                << " shards: " << result.pattern << "\n";
-      if (result.skipped > 0) std::cout << "skipped " << result.skipped << " rows\n";
-      return result.samples > 0 ? 0 : 1;
+      std::cout << "wrote " << result.samples << (result.samples == 1 ? " sample" : " samples")
+                << " into " << result.shards.size() << (result.shards.size() == 1 ? " shard: " : " shards: ")
+                << result.pattern << "\n";
+      if (result.skipped > 0) {
+        std::cout << "skipped " << result.skipped << (result.skipped == 1 ? " row" : " rows")
+                  << " (see the warnings above)\n";
+      }
+      return result.samples > 0 && result.skipped == 0 ? 0 : 1;
     }
     if (train->parsed()) {
       if (!workdir.empty()) overrides.push_back(imp::string_override("workdir", workdir));

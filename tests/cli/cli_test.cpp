@@ -247,6 +247,13 @@ TEST(Cli, DataInspectReportsFailuresAndExitsNonZero) {
   EXPECT_EQ(report["failures"]["image: unknown format"], 1);
   EXPECT_EQ(report["classes"], 3);
 
+  // make-shards writes what it can and exits with 1 when a row was skipped.
+  std::ofstream(dir / "m.csv") << "image,caption\n" << (dir / "red.png").string() << ",red\nnone.png,gone\n";
+  Result packed = run_imp("data make-shards " + (dir / "m.csv").string() + " --out " + (dir / "packed").string());
+  EXPECT_EQ(packed.status, 1) << packed.output;
+  EXPECT_NE(packed.output.find("wrote 1 sample into 1 shard"), std::string::npos) << packed.output;
+  EXPECT_NE(packed.output.find("none.png"), std::string::npos) << packed.output;
+
   Result missing = run_imp("data inspect " + (dir / "nothing.tar").string());
   EXPECT_EQ(missing.status, 2) << missing.output;
   EXPECT_NE(missing.output.find("nothing.tar"), std::string::npos) << missing.output;

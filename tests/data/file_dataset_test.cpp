@@ -463,6 +463,27 @@ TEST(DataTools, MakeShardsThenInspect) {
   EXPECT_NE(format_inspection(report).find("image: unknown format: 1"), std::string::npos);
 }
 
+TEST(DataTools, InspectExplainsShardProblems) {
+  ScratchDir dir("datatools");
+  fs::create_directories(dir.file("files/sub"));
+  write(dir.file("files/a.png"), png(dir, 8, 8, "red"));
+  write(dir.file("files/a.txt"), "red");
+  // Extra dots: the key is "b" and the extensions "v2.png" and "v2.txt".
+  write(dir.file("files/b.v2.png"), png(dir, 8, 8, "blue"));
+  write(dir.file("files/b.v2.txt"), "blue");
+  run("tar -C " + dir.file("files") + " --format=gnu --sort=name -cf " + dir.file("s.tar") + " .");
+
+  const nlohmann::json report = inspect_data({dir.file("s.tar")});
+  EXPECT_EQ(report["samples"], 1);
+  // Directory entries are not failures.
+  EXPECT_GE(report["skipped_entries"].get<int64_t>(), 1);
+  EXPECT_FALSE(report["failures"].contains("shard: skipped entry"));
+  ASSERT_EQ(report["failures"]["shard: no image, video or audio member"], 1);
+  const std::string first = report["first_failure"]["shard: no image, video or audio member"];
+  EXPECT_NE(first.find("v2.png"), std::string::npos) << first;
+  EXPECT_NE(first.find("first dot"), std::string::npos) << first;
+}
+
 TEST(Utf8, ReplacesInvalidBytesOnly) {
   EXPECT_TRUE(is_valid_utf8("plain"));
   EXPECT_TRUE(is_valid_utf8("caf\xC3\xA9 \xF0\x9F\x98\x80"));

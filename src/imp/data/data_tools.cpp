@@ -78,6 +78,7 @@ nlohmann::json inspect_data(const std::vector<std::string>& paths, int max_examp
   FileDataset::Options options;
   options.train = true;
   options.remember_classes = false;
+  options.description = "imp data inspect";
   if (!shards.empty()) {
     DatasetConfig config;
     config.name = "inspect";
@@ -96,11 +97,20 @@ nlohmann::json inspect_data(const std::vector<std::string>& paths, int max_examp
   std::map<std::string, ModalityStats> stats;
   std::map<std::string, int64_t> failures;
   std::map<std::string, std::string> first_failure;
+  int64_t skipped_entries = 0, videos_with_sound = 0;
   int64_t samples = 0, captions = 0, labels = 0;
   std::set<std::string> classes;
   nlohmann::json examples = nlohmann::json::array();
   for (const auto& set : sets) {
-    for (const auto& [reason, count] : set->load_problems()) failures[reason] += count;
+    for (const auto& [reason, count] : set->load_problems()) {
+      // Directories and links in a tar are normal and harmless.
+      if (reason == "shard: skipped entry") {
+        skipped_entries += count;
+        continue;
+      }
+      failures[reason] += count;
+      first_failure.emplace(reason, set->load_problem_messages().at(reason));
+    }
     for (const FileSample& sample : set->samples()) {
       ++samples;
       captions += sample.has_caption ? 1 : 0;
@@ -133,6 +143,7 @@ nlohmann::json inspect_data(const std::vector<std::string>& paths, int max_examp
             s.width.add(info.width);
             s.seconds.add(info.duration);
             s.frames.add(info.nominal_fps);
+            videos_with_sound += info.has_audio ? 1 : 0;
             shape = {{"height", info.height}, {"width", info.width}, {"seconds", info.duration},
                      {"fps", info.nominal_fps}, {"has_audio", info.has_audio}};
           } else {
@@ -175,7 +186,9 @@ nlohmann::json inspect_data(const std::vector<std::string>& paths, int max_examp
     if (s.channels.count) entry["channels"] = s.channels.to_json();
     modalities[modality] = entry;
   }
+  if (modalities.contains("video")) modalities["video"]["with_sound"] = videos_with_sound;
   report["modalities"] = modalities;
+  report["skipped_entries"] = skipped_entries;
   report["failures"] = failures;
   report["first_failure"] = first_failure;
   report["examples"] = examples;
@@ -184,28 +197,38 @@ nlohmann::json inspect_data(const std::vector<std::string>& paths, int max_examp
 
 std::string format_inspection(const nlohmann::json& report) {
   std::ostringstream out;
-  out << report["samples"].get<int64_t>() << " samples; " << report["captions"].get<int64_t>()
-      << " with captions, " << report["labels"].get<int64_t>() << " with labels ("
-      << report["classes"].get<int64_t>() << " classes)\n";
-  const auto range = [](const nlohmann::json& r, const char* unit) {
-    char text[96];
-    std::snprintf(text, sizeof text, "%g to %g%s (mean %.4g)", r["min"].get<double>(),
-                  r["max"].get<double>(), unit, r["mean"].get<double>());
+  const auto count = [](int64_t n, const char* singular, const char* plural) {
+    return str_cat(n, " ", n == 1 ? singular : plural);
+  };
+  out << count(report["samples"].get<int64_t>(), "sample", "samples") << "; "
+      << report["captions"].get<int64_t>() << " with captions, " << report["labels"].get<int64_t>()
+      << " with labels (" << count(report["classes"].get<int64_t>(), "class", "classes") << ")\n";
+  // `decimals` digits after the point: pixels and hertz are whole numbers.
+  const auto range = [](const nlohmann::json& r, const char* unit, int decimals) {
+    char text[128];
+    std::snprintf(text, sizeof text, "%.*f to %.*f%s (mean %.*f)", decimals, r["min"].get<double>(),
+                  decimals, r["max"].get<double>(), unit, decimals + 1, r["mean"].get<double>());
     return std::string(text);
   };
   for (const auto& [modality, entry] : report["modalities"].items()) {
-    out << modality << ": " << entry["count"].get<int64_t>() << " files, "
-        << entry["failed"].get<int64_t>() << " failed to decode\n";
+    out << modality << ": " << count(entry["count"].get<int64_t>(), "file", "files") << ", "
+        << entry["failed"].get<int64_t>() << " failed to decode";
+    if (entry.contains("with_sound")) out << ", " << entry["with_sound"].get<int64_t>() << " with a sound track";
+    out << "\n";
     if (entry.contains("height")) {
-      out << "  height " << range(entry["height"], " px") << ", width " << range(entry["width"], " px")
-          << "\n";
+      out << "  height " << range(entry["height"], " px", 0) << ", width "
+          << range(entry["width"], " px", 0) << "\n";
     }
-    if (entry.contains("seconds")) out << "  duration " << range(entry["seconds"], " s") << "\n";
-    if (entry.contains("fps")) out << "  frame rate " << range(entry["fps"], " fps") << "\n";
+    if (entry.contains("seconds")) out << "  duration " << range(entry["seconds"], " s", 2) << "\n";
+    if (entry.contains("fps")) out << "  frame rate " << range(entry["fps"], " fps", 1) << "\n";
     if (entry.contains("sample_rate")) {
-      out << "  sample rate " << range(entry["sample_rate"], " Hz") << ", channels "
-          << range(entry["channels"], "") << "\n";
+      out << "  sample rate " << range(entry["sample_rate"], " Hz", 0) << ", channels "
+          << range(entry["channels"], "", 0) << "\n";
     }
+  }
+  if (report["skipped_entries"].get<int64_t>() > 0) {
+    out << count(report["skipped_entries"].get<int64_t>(), "tar entry", "tar entries")
+        << " skipped (directories, links or files without a key)\n";
   }
   if (report["failures"].empty()) {
     out << "no failures\n";

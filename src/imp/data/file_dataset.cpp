@@ -151,7 +151,9 @@ std::vector<std::string> read_lines(const std::string& path) {
 
 FileDataset::FileDataset(const DatasetConfig& config, const ModelConfig& model, Options options)
     : Dataset(config.name),
-      source_(str_cat("dataset '", config.name, "' (", options.train ? "train" : "test", ")")),
+      source_(!options.description.empty()
+                  ? options.description
+                  : str_cat("dataset '", config.name, "' (", options.train ? "train" : "test", ")")),
       config_(config),
       audio_(model.audio),
       channels_(model.vision.channels),
@@ -230,6 +232,7 @@ std::shared_ptr<const FileDataset> FileDataset::load(const DatasetConfig& config
 
 void FileDataset::note_problem(const std::string& reason, const std::string& message) {
   const int64_t count = ++load_problems_[reason];
+  load_messages_.emplace(reason, to_valid_utf8(message));
   if (log_ != nullptr && count <= SampleFailures::kLoggedPerReason) {
     *log_ << "warning: " << source_ << ": " << to_valid_utf8(message) << '\n';
   }
@@ -289,6 +292,19 @@ void FileDataset::index_shards(const std::vector<std::string>& patterns) {
       add_source(kImageModality, config_.image_ext);
       add_source(kVideoModality, config_.video_ext);
       add_source(kAudioModality, config_.audio_ext);
+      for (const auto& [extension, member] : entry.members) {
+        sample.members += (sample.members.empty() ? "" : ", ") + to_valid_utf8(extension);
+      }
+      if (sample.sources.empty()) {
+        // Often a file name with more dots than expected: "photo.v2.jpg" has
+        // the key "photo" and the extension "v2.jpg".
+        note_problem("shard: no image, video or audio member",
+                     str_cat(sample.name, " has the members ", sample.members,
+                             " but none with an extension of image_ext, video_ext or audio_ext; "
+                             "the key is the name up to its first dot and the extension the rest, "
+                             "so rename files with extra dots or list those extensions"));
+        continue;
+      }
 
       try {
         if (const TarMember* text = find(config_.caption_ext)) {
@@ -342,7 +358,12 @@ void FileDataset::index_shards(const std::vector<std::string>& patterns) {
 }
 
 void FileDataset::index_manifest(const std::string& path) {
-  const Manifest manifest = read_manifest(path);
+  Manifest manifest;
+  try {
+    manifest = read_manifest(path);
+  } catch (const DataError& e) {
+    throw DataError(str_cat(source_, ": ", e.what()));
+  }
   for (const std::string& problem : manifest.problems) note_problem("manifest: bad row", problem);
   const fs::path folder = fs::path(path).parent_path();
   int64_t number = 0;
@@ -430,6 +451,16 @@ void FileDataset::assign_labels(const DatasetConfig& config, const std::string& 
 
   std::map<std::string, int64_t> by_name;
   for (size_t i = 0; i < set.class_names.size(); ++i) by_name.emplace(set.class_names[i], i);
+  if (set.class_names.empty()) {
+    // Labels here but none in the train split: one note, not one per sample.
+    if (any_label) {
+      note_problem("label: no classes",
+                   str_cat("the labels of this split are ignored because the train split has none; "
+                           "label the train samples or set datasets.", config.name, ".label_map"));
+    }
+    label_sets_ = {std::move(set)};
+    return;
+  }
   for (FileSample& sample : samples_) {
     for (const std::string& text : sample.label_texts) {
       auto named = by_name.find(text);
@@ -692,8 +723,8 @@ std::string FileDataset::caption(int64_t index, uint64_t draw) const {
   const FileSample& sample = samples_.at(index);
   IMP_REQUIRE_DECODE(sample.has_caption, "caption: missing", sample.name, " has no caption",
                      config_.type == "webdataset"
-                         ? str_cat(" (member extensions datasets.", config_.name,
-                                   ".caption_ext, or a \"caption\" field in its .json)")
+                         ? str_cat(" (its members: ", sample.members, "; captions come from datasets.",
+                                   config_.name, ".caption_ext, or a \"caption\" field in its .json)")
                          : " (manifest column 'caption')");
   return sample.caption;
 }

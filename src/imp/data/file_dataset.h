@@ -50,6 +50,7 @@ struct FileSample {
   // Modality -> its file. Without an "audio" entry, audio comes from the
   // video's sound track.
   std::map<std::string, SampleSource> sources;
+  std::string members;                           // shards: the sample's member extensions, for messages
   bool has_caption = false;
   std::string caption;
   std::vector<std::string> label_texts;          // as written in the data; empty = none
@@ -70,6 +71,7 @@ class FileDataset : public Dataset {
     std::string cache_dir = "cache";
     std::ostream* log = nullptr;  // warnings about skipped samples; null = quiet
     bool remember_classes = true; // write the classes derived from the data under cache_dir
+    std::string description;      // names the data in messages; empty = "dataset 'NAME' (SPLIT)"
   };
 
   // Loads the split that options.train selects of a `webdataset` or
@@ -109,6 +111,8 @@ class FileDataset : public Dataset {
   // What loading skipped, per reason (shard problems, manifest rows, labels
   // outside the class list, test samples that failed their check).
   const std::map<std::string, int64_t>& load_problems() const { return load_problems_; }
+  // The first message of each reason in load_problems().
+  const std::map<std::string, std::string>& load_problem_messages() const { return load_messages_; }
   int64_t image_height() const { return height_; }
   int64_t image_width() const { return width_; }
 
@@ -138,6 +142,7 @@ class FileDataset : public Dataset {
   std::vector<std::string> modalities_;
   std::vector<LabelSet> label_sets_;
   std::map<std::string, int64_t> load_problems_;
+  std::map<std::string, std::string> load_messages_;
   std::unique_ptr<SampleFailures> failures_;
 };
 

@@ -82,7 +82,11 @@ std::string SampleFailures::summary_locked() const {
   if (failures_ == 0) return str_cat("no samples skipped (", tries_, " tried)");
   char share[32];
   std::snprintf(share, sizeof share, "%.2f%%", 100.0 * failures_ / tries_);
-  std::string text = str_cat(failures_, " of ", tries_, " samples skipped (", share, "): ");
+  std::set<int64_t> distinct;
+  for (const auto& [sample, reason] : logged_) distinct.insert(sample);
+  // A bad sample drawn again is skipped again: the counts are of draws.
+  std::string text = str_cat(failures_, " of ", tries_, " samples drawn were skipped (", share, "; ",
+                             distinct.size(), " distinct): ");
   bool first = true;
   for (const auto& [reason, count] : by_reason_) {
     text += str_cat(first ? "" : ", ", reason, " ", count);

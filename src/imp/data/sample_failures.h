@@ -43,8 +43,8 @@ class SampleFailures {
   int64_t tries() const;
   int64_t failures() const;
   std::map<std::string, int64_t> by_reason() const;
-  // "12 of 5000 samples skipped (0.24%): image: truncated 10, caption: missing 2",
-  // or "no samples skipped (5000 tried)".
+  // "12 of 5000 samples drawn were skipped (0.24%; 3 distinct): image:
+  // truncated 10, caption: missing 2", or "no samples skipped (5000 tried)".
   std::string summary() const;
 
   // Failures of each reason logged in full before the log thins out.

@@ -205,9 +205,23 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
               use.projected(modality), config, device);
   }
 
+  // A set no test example has a known label of cannot be measured: its
+  // accuracy would read 0 (user data whose test labels name unknown classes).
+  std::vector<bool> measurable(sets.size());
+  for (size_t set = 0; set < sets.size(); ++set) {
+    measurable[set] = !sets[set].class_names.empty() &&
+                      test.labels(all, static_cast<int>(set)).ge(0).any().item<bool>();
+    if (!measurable[set] && !sets[set].class_names.empty()) {
+      std::printf("warning: dataset %s: no test example has a known class of label set '%s'; its "
+                  "head and zero-shot accuracy are left out\n",
+                  dataset.name.c_str(), sets[set].name.c_str());
+    }
+  }
+
   for (const auto& [modality, head_sets] : use.heads) {
     const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
     for (int set : head_sets) {
+      if (!measurable[set]) continue;
       const std::string name = several_sets ? sets[set].name + "_top1" : "head_top1";
       const at::Tensor& logits = features[modality].logits.at(set);
       if (sets[set].multi_label) {
@@ -230,7 +244,7 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
       const at::Tensor& embedding = features[modality].embedding;
       const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
       for (size_t set = 0; set < sets.size(); ++set) {
-        if (sets[set].class_names.empty()) continue;  // captions without labels
+        if (!measurable[set]) continue;
         at::Tensor classes = class_embeddings(model, tokenizer, sets[set], config, device);
         const std::string name = (several_sets ? sets[set].name + "_" : "") + "zeroshot_top1";
         const at::Tensor scores = embedding.matmul(classes.t());

@@ -50,7 +50,21 @@ constexpr uint64_t kMaxExtensionHeaderData = 16u << 20;
 
 uint64_t padded_to_block(uint64_t size) { return (size + kBlock - 1) / kBlock * kBlock; }
 
-std::string quoted(const std::string& text) { return "\"" + text + "\""; }
+// `text` in double quotes, with bytes outside printable ASCII written as
+// \xNN so that a damaged header cannot put control bytes on a terminal.
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+      out += escaped;
+    }
+  }
+  return out + "\"";
+}
 
 std::string errno_text() { return std::strerror(errno); }
 

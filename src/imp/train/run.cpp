@@ -80,6 +80,11 @@ std::map<std::string, double> run_train(const Config& config) {
   std::printf("trained %lld steps in %.1f s (%.1f%% waiting for data)\n",
               static_cast<long long>(summary.steps), summary.train_seconds,
               100.0 * summary.data_wait_seconds / std::max(1e-9, summary.train_seconds));
+  for (const auto& [name, data] : trainer.datasets()) {
+    if (data->failures() != nullptr && data->failures()->failures() > 0) {
+      std::printf("data: %s\n", data->failures()->summary().c_str());
+    }
+  }
 
   torch::save(trainer.model(), (workdir / "model.pt").string());
   // The run directory carries its own tokenizer, so evaluation never depends

@@ -54,6 +54,8 @@ class Trainer {
 
   ImpModel& model() { return model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
+  // The train split of each dataset, by name.
+  const std::map<std::string, std::shared_ptr<const Dataset>>& datasets() const { return datasets_; }
   const std::string& tokenizer_path() const { return tokenizer_path_; }
   const Config& config() const { return config_; }
   c10::Device device() const { return device_; }
