@@ -11,7 +11,8 @@
 // For each dtype it runs imp in a child process with the thread settings
 // `imp train` uses, then the reference (Debian's /usr/bin/python3) with
 // OMP_WAIT_POLICY=PASSIVE (its best setting) and, for fp32, with the
-// default environment (what a user gets). It prints each run's steps/s,
+// default environment (what a user gets). The reference runs on Debian's
+// python3-torch (apt-get install python3-torch). It prints each run's steps/s,
 // tokens/s, model FLOP/s, and the matmul rate measured in the same process,
 // then the ratios. The last line is `ratio_vs_peer=<x>`: imp's tokens/s over
 // the reference's in its best setting, fp32, MoE.
@@ -170,10 +171,11 @@ int run_imp(const std::string& dtype, const Options& options) {
   return 0;
 }
 
-// Runs `command` through the shell and returns the last line that parses as
-// a JSON object, or null.
+// Runs `command` through the shell and returns the last line of its output
+// that parses as a JSON object with steps_per_s. Throws naming the command
+// and quoting the end of its output when there is none.
 nlohmann::json run_json(const std::string& command) {
-  FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r");
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   if (pipe == nullptr) return nullptr;
   std::string output;
   char buffer[4096];
@@ -185,9 +187,15 @@ nlohmann::json run_json(const std::string& command) {
   for (std::string line; std::getline(lines, line);) {
     if (line.empty() || line[0] != '{') continue;
     try {
-      last = nlohmann::json::parse(line);
+      nlohmann::json row = nlohmann::json::parse(line);
+      if (row.is_object() && row.contains("steps_per_s")) last = row;
     } catch (const nlohmann::json::exception&) {
     }
+  }
+  if (last.is_null()) {
+    const std::string tail = output.size() > 600 ? output.substr(output.size() - 600) : output;
+    throw std::runtime_error("no result from: " + command + "\n" + tail +
+                             "\n(the reference needs Debian's python3-torch: apt-get install python3-torch)");
   }
   return last;
 }
