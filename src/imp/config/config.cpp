@@ -134,6 +134,8 @@ void visit_fields(Visitor& v, TaskConfig& c) {
   v("weight", c.weight);
   v("drop_tokens", c.drop_tokens);
   v("rematerialize", c.rematerialize);
+  v("resolution_scale", c.resolution_scale);
+  v("variants", c.variants);
 }
 
 template <typename Visitor>
@@ -1035,6 +1037,13 @@ void validate_tasks(const Context& ctx, const Config& config) {
     const double drop = config.tasks[i].drop_tokens;
     if (!(drop >= 0.0 && drop < 1.0)) {
       fail(ctx, path + ".drop_tokens", str_cat("must be in [0, 1), found ", drop));
+    }
+    check_positive(ctx, path + ".resolution_scale", config.tasks[i].resolution_scale);
+    check_one_of(ctx, path + ".variants", config.tasks[i].variants, {"none", "method"});
+    const std::string& first = config.tasks[i].modalities.empty() ? "" : config.tasks[i].modalities[0];
+    if (config.tasks[i].variants == "method" && first != "image" && first != "video") {
+      fail(ctx, path + ".variants", str_cat("applies to image and video tasks, and this one's first "
+                                            "modality is '", first, "'; set it to none"));
     }
     for (std::size_t j = 0; j < i; ++j) {
       if (config.tasks[j].name == config.tasks[i].name) {

@@ -174,6 +174,10 @@ struct TaskConfig {
   double weight = -1.0;            // sampling weight; < 0 = proportional to dataset size
   double drop_tokens = 0.0;        // DropToken: share of image, video and audio tokens dropped in training
   bool rematerialize = false;      // recompute encoder blocks in the backward pass to save memory
+  double resolution_scale = 1.0;   // image and video inputs resized by this factor per side
+  // "method": add the method's multi-resolution variants of this image or
+  // video task (tasks/variants.h), which share its sampling weight; "none".
+  std::string variants = "none";
 };
 
 struct OptimizerConfig {

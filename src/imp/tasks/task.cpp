@@ -10,6 +10,7 @@
 #include "imp/eval/metrics.h"
 #include "imp/io/decode_error.h"
 #include "imp/objectives/losses.h"
+#include "imp/tasks/variants.h"
 
 namespace imp {
 namespace {
@@ -85,6 +86,24 @@ int64_t Task::example_at(int64_t position) const {
 
 uint64_t Task::draw_at(int64_t position) const {
   return mix64(seed_ ^ 0x5bd1e995ULL, static_cast<uint64_t>(position));
+}
+
+void Task::set_vision_patch(std::array<int, 3> patch) { patch_ = patch; }
+
+at::Tensor Task::rescale_vision(const at::Tensor& input) const {
+  // [B, C, T, H, W] -> [B * T, C, H, W] frames, resized, and back.
+  const int64_t B = input.size(0), C = input.size(1), T = input.size(2);
+  const int64_t height = scaled_side(input.size(3), config_.resolution_scale, patch_[1]);
+  const int64_t width = scaled_side(input.size(4), config_.resolution_scale, patch_[2]);
+  at::Tensor frames = input.permute({0, 2, 1, 3, 4}).reshape({B * T, C, input.size(3), input.size(4)});
+  namespace F = torch::nn::functional;
+  // Antialiasing when shrinking, so that the smaller image is a fair one.
+  frames = F::interpolate(frames, F::InterpolateFuncOptions()
+                                      .size(std::vector<int64_t>{height, width})
+                                      .mode(torch::kBilinear)
+                                      .align_corners(false)
+                                      .antialias(config_.resolution_scale < 1.0));
+  return frames.reshape({B, T, C, height, width}).permute({0, 2, 1, 3, 4}).contiguous();
 }
 
 EncodeOptions Task::encode_options() const {
@@ -172,6 +191,11 @@ Batch Task::make_batch(int64_t batch_index) const {
       }
     }
     for (auto& [modality, list] : rows) batch.inputs[modality] = at::stack(list);
+  }
+  if (config_.resolution_scale != 1.0) {
+    for (auto& [modality, input] : batch.inputs) {
+      if (modality == kImage || modality == kVideo) input = rescale_vision(input);
+    }
   }
   batch.labels = data_->labels(indices, label_set_);
   if (data_->label_sets()[label_set_].multi_label) batch.targets = data_->targets(indices, label_set_);

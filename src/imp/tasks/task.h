@@ -4,6 +4,7 @@
 // Dimension letters: B batch, L text length, P embedding width.
 #pragma once
 
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,10 @@ class Task {
   // How this task's encoder passes run (DropToken, rematerialisation).
   EncodeOptions encode_options() const;
 
+  // The model's vision patch, which resized inputs (resolution_scale) must
+  // stay a whole number of. The default is VisionConfig's.
+  void set_vision_patch(std::array<int, 3> patch);
+
  protected:
   // Fills task-specific inputs for the examples at `indices` (with their
   // per-example random numbers `draws`) after the other inputs and labels.
@@ -75,10 +80,15 @@ class Task {
   bool needs_label() const;
   bool needs_caption() const;
 
+  // Image or video input [B, C, T, H, W] resized by resolution_scale to whole
+  // patches.
+  at::Tensor rescale_vision(const at::Tensor& input) const;
+
   // Failed examples tried for one batch slot before the batch fails.
   static constexpr int64_t kMaxAttempts = 1000;
 
   uint64_t seed_;
+  std::array<int, 3> patch_ = VisionConfig{}.patch;
   mutable std::mutex order_mutex_;
   mutable std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> orders_;
 };

@@ -16,6 +16,7 @@
 #include "imp/core/random.h"
 #include "imp/core/threads.h"
 #include "imp/data/captions.h"
+#include "imp/tasks/variants.h"
 #include "imp/train/lr_schedule.h"
 #include "imp/train/prefetcher.h"
 
@@ -80,12 +81,38 @@ std::string prepare_tokenizer(const Config& config, const std::vector<std::strin
   return path.string();
 }
 
+std::vector<TaskConfig> with_variants(const TaskConfig& task, const Dataset& data,
+                                      const VisionConfig& vision) {
+  std::vector<TaskConfig> family{task};
+  if (task.variants != "method") return family;
+  // The input size comes from the first example that decodes.
+  const std::string& modality = task.modalities.at(0);
+  at::Tensor input;
+  for (int64_t index = 0; index < std::min<int64_t>(data.size(), 100) && !input.defined(); ++index) {
+    try {
+      input = data.eval_input(modality, {index}, 0);
+    } catch (const DataError&) {
+    }
+  }
+  IMP_REQUIRE(DataError, input.defined(), "task '", task.name, "': none of the first examples of dataset '",
+              data.name(), "' decodes, so its multi-resolution variants cannot be sized");
+  std::vector<std::string> skipped;
+  for (TaskVariant& variant : method_variants(task, vision, input.size(2), input.size(3), input.size(4),
+                                              &skipped)) {
+    family.push_back(std::move(variant.config));
+  }
+  for (const std::string& note : skipped) std::printf("note: %s\n", note.c_str());
+  return family;
+}
+
+double task_weight(const Task& task) {
+  const double weight = task.config().weight;
+  return weight >= 0.0 ? weight : static_cast<double>(task.dataset_size());
+}
+
 std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks) {
   std::vector<double> weights;
-  for (const auto& task : tasks) {
-    const double weight = task->config().weight;
-    weights.push_back(weight >= 0.0 ? weight : static_cast<double>(task->dataset_size()));
-  }
+  for (const auto& task : tasks) weights.push_back(task_weight(*task));
   return weights;
 }
 
@@ -112,13 +139,20 @@ Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_de
   // Stage 3: tasks, sampler and optimizer.
   const std::vector<std::string> prompts =
       config_.eval.prompts.empty() ? default_prompts() : config_.eval.prompts;
+  std::vector<double> weights;
   for (const TaskConfig& task : config_.tasks) {
-    const int max_len = task.text == "label" ? label_text_length(config_.model.text)
-                                             : config_.model.text.max_len;
-    tasks_.push_back(make_task(task, datasets_.at(task.dataset), config_.train.seed, tokenizer_,
-                               max_len, prompts));
+    // A task and its multi-resolution variants share the task's weight.
+    std::vector<TaskConfig> family = with_variants(task, *datasets_.at(task.dataset), config_.model.vision);
+    for (const TaskConfig& member : family) {
+      const int max_len = member.text == "label" ? label_text_length(config_.model.text)
+                                                 : config_.model.text.max_len;
+      tasks_.push_back(make_task(member, datasets_.at(member.dataset), config_.train.seed, tokenizer_,
+                                 max_len, prompts));
+      tasks_.back()->set_vision_patch(config_.model.vision.patch);
+      weights.push_back(task_weight(*tasks_.back()) / static_cast<double>(family.size()));
+    }
   }
-  sampler_ = std::make_unique<TaskSampler>(task_weights(tasks_), config_.train.sampler,
+  sampler_ = std::make_unique<TaskSampler>(weights, config_.train.sampler,
                                            mix64(config_.train.seed, hash_name("task sampler")));
   const OptimizerConfig& opt = config_.train.optimizer;
   optimizer_ = std::make_unique<torch::optim::AdamW>(

@@ -75,8 +75,16 @@ class Trainer {
   std::unique_ptr<torch::optim::AdamW> optimizer_;
 };
 
-// Sampling weight of each task: its explicit weight, or else its dataset's
+// Sampling weight of a task: its explicit weight, or else its dataset's
 // number of training examples.
+double task_weight(const Task& task);
 std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks);
+
+// `task`, followed by its multi-resolution variants when it asks for the
+// method's (tasks/variants.h), sized from the first example of `data` that
+// decodes. Variants that miss their token budget are left out with a note
+// on stdout.
+std::vector<TaskConfig> with_variants(const TaskConfig& task, const Dataset& data,
+                                      const VisionConfig& vision);
 
 }  // namespace imp
