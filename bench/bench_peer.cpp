@@ -1,9 +1,9 @@
 // Training throughput side by side with the PyTorch reference of the same
-// model, in one invocation, on one fixed synthetic batch (as the reference
-// times it): image-text NCE at the IMP-Ti shape (d_model 192, 12 layers,
-// 3 heads, MLP 768, 224x224 images in 16x16 patches, 64 text tokens of a
-// 32000-word vocabulary, batch 32; MoE: 4 experts, experts-choose, every
-// second layer).
+// model, in one invocation. Both train image-text NCE on one fixed synthetic
+// batch, as the reference times it, at the IMP-Ti shape: d_model 192, 12
+// layers, 3 heads, MLP 768, 224x224 images in 16x16 patches, 64 text tokens
+// of a 32000-word vocabulary, batch 32, and 4 experts chosen by
+// experts-choose routing in every second layer.
 //
 //   build/bench/bench_peer [--steps N] [--warmup N] [--dtypes fp32,bf16]
 //                          [--peer PATH/imp_ref.py] [--no-peer] [--dense] [--remat]
