@@ -32,17 +32,13 @@ std::vector<TaskVariant> method_variants(const TaskConfig& task, const VisionCon
     double drop_tokens;
     double batch_scale;  // of the task's batch
   };
-  std::vector<Plan> plans;
-  int64_t budget = base;
-  if (frame_tokens > 1) {
-    const double tf = static_cast<double>(frame_tokens);
-    budget = static_cast<int64_t>(std::llround(static_cast<double>(base) / tf));
-    plans = {{"half_res", 1.0 / std::sqrt(tf), 0.0, 1.0},
-             {"small_batch", 1.0, 0.0, 1.0 / tf},
-             {"droptoken", 1.0, 1.0 - 1.0 / tf, 1.0}};
-  } else {
-    plans = {{"double_res", 2.0, 0.0, 0.25}, {"droptoken", 1.0, 0.75, 4.0}};
-  }
+  const double tf = static_cast<double>(frame_tokens);
+  const int64_t budget = static_cast<int64_t>(std::llround(static_cast<double>(base) / tf));
+  const std::vector<Plan> plans =
+      frame_tokens > 1 ? std::vector<Plan>{{"half_res", 1.0 / std::sqrt(tf), 0.0, 1.0},
+                                           {"small_batch", 1.0, 0.0, 1.0 / tf},
+                                           {"droptoken", 1.0, 1.0 - 1.0 / tf, 1.0}}
+                       : std::vector<Plan>{{"double_res", 2.0, 0.0, 0.25}, {"droptoken", 1.0, 0.75, 4.0}};
 
   std::vector<TaskVariant> out;
   for (const Plan& plan : plans) {
