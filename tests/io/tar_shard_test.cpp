@@ -420,6 +420,13 @@ TEST(TarShard, EndAtBlockBoundaryIsAccepted) {
   const ShardIndex cut = imp::index_shard(shard);
   EXPECT_TRUE(cut.truncated);
   EXPECT_EQ(keys(cut), (std::vector<std::string>{"000000", "000001"}));
+  // The message says where the cut is and how long the file is, rather than
+  // naming a header offset past its end.
+  ASSERT_FALSE(cut.problems.empty());
+  const std::string& message = cut.problems.back().message;
+  EXPECT_NE(message.find("inside the padding after a member, 72 bytes before the next header"),
+            std::string::npos) << message;
+  EXPECT_NE(message.find(std::to_string(last.offset + 3000) + " bytes"), std::string::npos) << message;
 }
 
 TEST(TarShard, CorruptHeaderStopsScan) {

@@ -322,10 +322,13 @@ class ShardScanner {
       }
       if (count < static_cast<int64_t>(kBlock)) {
         if (offset == 0) throw not_a_tar_file(str_cat("it is ", count, " bytes long, less than one tar header"));
-        if (count > 0 || offset > file_size_) {
-          stop_truncated(offset, "inside a tar header or a member's padding");
+        if (count > 0) {
+          stop_truncated(str_cat("inside the tar header at byte ", offset));
+        } else if (offset > file_size_) {
+          stop_truncated(str_cat("inside the padding after a member, ", offset - file_size_,
+                                         " bytes before the next header would start at byte ", offset));
         } else if (has_pending_extension()) {
-          stop_truncated(offset, "right after the extended headers of a member");
+          stop_truncated(str_cat("right after the extended headers of a member, at byte ", offset));
         } else {
           // The file ends at a block boundary after a member: an archive
           // without its end blocks, or one cut between two members. The two
@@ -339,7 +342,7 @@ class ShardScanner {
         // The end of the archive. POSIX requires two zero blocks, but the
         // first is enough to stop at, as GNU tar does.
         if (has_pending_extension()) {
-          stop_truncated(offset, "right after the extended headers of a member");
+          stop_truncated(str_cat("right after the extended headers of a member, at byte ", offset));
         } else {
           end_current_sample();
         }
@@ -471,7 +474,7 @@ class ShardScanner {
       Block block;
       const int64_t count = read_at(fd_, block, kBlock, offset);
       if (count != static_cast<int64_t>(kBlock)) {
-        stop_truncated(offset, str_cat("inside the sparse map of member ", quoted(path)));
+        stop_truncated(str_cat("inside the sparse map of member ", quoted(path), " at byte ", offset));
         return std::nullopt;
       }
       offset += kBlock;
@@ -484,9 +487,8 @@ class ShardScanner {
   bool data_is_present(uint64_t header_offset, uint64_t data_offset, uint64_t size, const std::string& path) {
     if (data_offset <= file_size_ && size <= file_size_ - data_offset) return true;
     const std::string subject = path.empty() ? std::string("an extended header") : "member " + quoted(path);
-    stop_truncated(header_offset, str_cat("inside the data of ", subject, ", which needs ", size,
-                                          " bytes from byte ", data_offset, " but the file is ", file_size_,
-                                          " bytes long"));
+    stop_truncated(str_cat("inside the data of ", subject, " (header at byte ", header_offset,
+                                          "), which needs ", size, " bytes from byte ", data_offset));
     return false;
   }
 
@@ -557,10 +559,10 @@ class ShardScanner {
 
   // Stops scanning at a cut: the sample being read is dropped, because the cut
   // may have removed some of its members.
-  void stop_truncated(uint64_t offset, const std::string& where) {
+  void stop_truncated(const std::string& where) {
     index_.truncated = true;
     add_problem("shard: truncated", str_cat("shard ", index_.path, " is truncated: it ends ", where,
-                                            " (header at byte ", offset, ")", dropped_sample_note(),
+                                            " (a file of ", file_size_, " bytes)", dropped_sample_note(),
                                             ". Samples before it are still used. Rewrite or download the shard again."));
   }
 
