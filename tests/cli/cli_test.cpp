@@ -170,7 +170,7 @@ TEST(Cli, TrainThenEvalShortRun) {
 
 // Tar shards of 16x16 PNGs in three colours, with captions and class names:
 // <dir>/train-00000{0,1}.tar and <dir>/test-000000.tar. One training sample
-// holds bytes that are no image, to be skipped.
+// contains bytes that are no image, to be skipped.
 void write_colour_shards(const fs::path& dir) {
   const std::vector<std::string> colours{"red", "green", "blue"};
   std::vector<std::string> pngs;

@@ -148,7 +148,7 @@ TEST(FileDataset, SkipsCorruptSamplesAndCountsThem) {
     ShardWriter writer(dir.file("bad.tar"));
     for (int i = 0; i < 8; ++i) {
       const std::string key = "k" + std::to_string(i);
-      // Sample 3 holds bytes that are no image; sample 5 has no caption.
+      // Sample 3 contains bytes that are no image; sample 5 has no caption.
       writer.add(key + ".png", i == 3 ? std::string("not an image at all") : png(dir, 16, 16, "rgb(50,0,0)"));
       if (i != 5) writer.add(key + ".txt", "caption " + std::to_string(i));
     }

@@ -420,7 +420,7 @@ TEST(TarShard, EndAtBlockBoundaryIsAccepted) {
   const ShardIndex cut = imp::index_shard(shard);
   EXPECT_TRUE(cut.truncated);
   EXPECT_EQ(keys(cut), (std::vector<std::string>{"000000", "000001"}));
-  // The message says where the cut is and how long the file is, rather than
+  // The message gives where the cut is and how long the file is, rather than
   // naming a header offset past its end.
   ASSERT_FALSE(cut.problems.empty());
   const std::string& message = cut.problems.back().message;

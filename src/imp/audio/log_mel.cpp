@@ -1,7 +1,6 @@
 #include "imp/audio/log_mel.h"
 
 #include <c10/core/InferenceMode.h>
-#include <soxr.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +9,7 @@
 #include <tuple>
 
 #include "imp/core/error.h"
+#include "imp/io/audio_decoder.h"
 
 namespace imp {
 namespace {
@@ -126,24 +126,8 @@ at::Tensor log_mel_spectrogram(const at::Tensor& waveform, const AudioConfig& co
 std::vector<float> resample(const std::vector<float>& samples, int from_rate, int to_rate) {
   IMP_REQUIRE(DataError, from_rate > 0 && to_rate > 0, "cannot resample from ", from_rate, " Hz to ", to_rate,
               " Hz: sample rates must be positive");
-  if (from_rate == to_rate || samples.empty()) return samples;
-
-  // One spare sample covers rounding. soxr reports how many it wrote.
-  const double ratio = static_cast<double>(to_rate) / from_rate;
-  std::vector<float> output(static_cast<size_t>(std::ceil(samples.size() * ratio)) + 1);
-  const soxr_io_spec_t io = soxr_io_spec(SOXR_FLOAT32_I, SOXR_FLOAT32_I);
-  const soxr_quality_spec_t quality = soxr_quality_spec(SOXR_HQ, 0);
-  // One thread, so that each data-loading thread that resamples does not
-  // start its own OpenMP team.
-  const soxr_runtime_spec_t runtime = soxr_runtime_spec(1);
-  size_t written = 0;
-  const soxr_error_t error =
-      soxr_oneshot(from_rate, to_rate, /*num_channels=*/1, samples.data(), samples.size(), nullptr,
-                   output.data(), output.size(), &written, &io, &quality, &runtime);
-  IMP_REQUIRE(DataError, error == nullptr, "libsoxr failed to resample ", samples.size(), " samples from ",
-              from_rate, " Hz to ", to_rate, " Hz: ", error);
-  output.resize(written);
-  return output;
+  // The audio file decoder's libsoxr call; its DecodeError is a DataError.
+  return resample_mono(samples, from_rate, to_rate, "resample");
 }
 
 }  // namespace imp

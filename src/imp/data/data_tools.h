@@ -12,7 +12,7 @@ namespace imp {
 
 // Reads every sample of `paths` and decodes each of its image, video and
 // audio files. A path is a tar shard or brace pattern, or a manifest
-// (.csv, .jsonl); its extension tells which. Returns one JSON
+// (.csv, .jsonl); its extension decides which. Returns one JSON
 // object: the sources, the number of samples, per modality the count, the
 // failures and the range of sizes (pixels, frames, seconds), how many
 // samples have captions and labels, the classes, the failures per reason

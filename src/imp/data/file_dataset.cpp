@@ -210,7 +210,7 @@ std::shared_ptr<const FileDataset> FileDataset::load(const DatasetConfig& config
                                                      const ModelConfig& model, bool train,
                                                      const std::string& cache_dir) {
   // Loading indexes every shard, and the test split decodes every sample
-  // once, so one process keeps what it loaded. The key holds every setting
+  // once, so one process keeps what it loaded. The key contains every setting
   // that shapes the result.
   static std::mutex mutex;
   static std::map<std::string, std::shared_ptr<const FileDataset>> loaded;

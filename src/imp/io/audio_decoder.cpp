@@ -317,36 +317,6 @@ bool seek_to(const SoundFile& file, sf_count_t start) {
   return true;
 }
 
-// Resamples mono float samples with libsoxr at high quality (SOXR_HQ: a
-// linear-phase anti-aliasing filter, 20-bit precision).
-std::vector<float> resample_mono(const std::vector<float>& samples, int from_rate, int to_rate,
-                                 const std::string& what) {
-  if (from_rate == to_rate || samples.empty()) return samples;
-
-  // soxr_oneshot flushes the filter, so it writes about
-  // samples.size() * ratio samples. The spare one covers rounding.
-  const double ratio = static_cast<double>(to_rate) / from_rate;
-  std::vector<float> output(static_cast<size_t>(std::ceil(samples.size() * ratio)) + 1);
-  const soxr_io_spec_t io = soxr_io_spec(SOXR_FLOAT32_I, SOXR_FLOAT32_I);
-  const soxr_quality_spec_t quality = soxr_quality_spec(SOXR_HQ, 0);
-  // One thread, so that data-loading threads do not each start an OpenMP team.
-  // NOTE: concurrent calls rely on libsoxr being built with OpenMP. libsoxr
-  // 0.1.3 guards its process-wide FFT table cache with OpenMP locks, and
-  // without OpenMP those locks compile to nothing (src/ccrw2.h). Debian 12's
-  // libsoxr0 is built with OpenMP (it links libgomp).
-  const soxr_runtime_spec_t runtime = soxr_runtime_spec(1);
-  size_t written = 0;
-  const soxr_error_t error =
-      soxr_oneshot(from_rate, to_rate, /*num_channels=*/1, samples.data(), samples.size(), nullptr,
-                   output.data(), output.size(), &written, &io, &quality, &runtime);
-  if (error != nullptr) {
-    throw DecodeError("audio: resample failed",
-                      str_cat(what, ": libsoxr failed to resample ", samples.size(), " samples from ",
-                              from_rate, " Hz to ", to_rate, " Hz: ", error));
-  }
-  output.resize(written);
-  return output;
-}
 
 DecodedAudio decode_open_file(const SoundFile& file, const AudioDecodeOptions& options,
                               const std::string& what) {
@@ -461,6 +431,35 @@ class FileDescriptor {
 };
 
 }  // namespace
+
+std::vector<float> resample_mono(const std::vector<float>& samples, int from_rate, int to_rate,
+                                 const std::string& what) {
+  if (from_rate == to_rate || samples.empty()) return samples;
+
+  // soxr_oneshot flushes the filter, so it writes about
+  // samples.size() * ratio samples. The spare one covers rounding.
+  const double ratio = static_cast<double>(to_rate) / from_rate;
+  std::vector<float> output(static_cast<size_t>(std::ceil(samples.size() * ratio)) + 1);
+  const soxr_io_spec_t io = soxr_io_spec(SOXR_FLOAT32_I, SOXR_FLOAT32_I);
+  const soxr_quality_spec_t quality = soxr_quality_spec(SOXR_HQ, 0);
+  // One thread, so that data-loading threads do not each start an OpenMP team.
+  // NOTE: concurrent calls rely on libsoxr being built with OpenMP. libsoxr
+  // 0.1.3 guards its process-wide FFT table cache with OpenMP locks, and
+  // without OpenMP those locks compile to nothing (src/ccrw2.h). Debian 12's
+  // libsoxr0 is built with OpenMP (it links libgomp).
+  const soxr_runtime_spec_t runtime = soxr_runtime_spec(1);
+  size_t written = 0;
+  const soxr_error_t error =
+      soxr_oneshot(from_rate, to_rate, /*num_channels=*/1, samples.data(), samples.size(), nullptr,
+                   output.data(), output.size(), &written, &io, &quality, &runtime);
+  if (error != nullptr) {
+    throw DecodeError("audio: resample failed",
+                      str_cat(what, ": libsoxr failed to resample ", samples.size(), " samples from ",
+                              from_rate, " Hz to ", to_rate, " Hz: ", error));
+  }
+  output.resize(written);
+  return output;
+}
 
 DecodedAudio decode_audio(const uint8_t* data, size_t size, const AudioDecodeOptions& options,
                           const std::string& what) {

@@ -101,4 +101,11 @@ DecodedAudio decode_audio_file(const std::string& path, const AudioDecodeOptions
 // for "audio: empty", "unknown format", "unsupported format" and "corrupt".
 AudioInfo probe_audio(const uint8_t* data, size_t size, const std::string& what);
 
+// Resamples mono float samples from `from_rate` to `to_rate` (both positive)
+// with libsoxr at high quality (SOXR_HQ: a linear-phase anti-aliasing filter,
+// 20-bit precision). Returns the input when the rates are equal. Throws
+// DecodeError "audio: resample failed", naming `what`, when libsoxr fails.
+std::vector<float> resample_mono(const std::vector<float>& samples, int from_rate, int to_rate,
+                                 const std::string& what);
+
 }  // namespace imp

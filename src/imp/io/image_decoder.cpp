@@ -40,7 +40,7 @@ bool starts_with(const uint8_t* data, size_t size, const char* prefix, size_t le
 }
 
 // ---------------------------------------------------------------------------
-// Errors. Each message names the sample and tells the user what to do.
+// Errors. Each message names the sample and says what to do next.
 
 [[noreturn]] void throw_truncated(const std::string& what, const char* format, const std::string& detail) {
   throw DecodeError("image: truncated",

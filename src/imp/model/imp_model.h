@@ -31,7 +31,7 @@ struct Encoded {
   torch::Tensor aux_loss;  // scalar, MoE auxiliary losses of this pass
 };
 
-// How one encode() call runs; the defaults suit evaluation.
+// Options of one encode() call. The defaults suit evaluation.
 struct EncodeOptions {
   // DropToken: the share of each example's image, video or audio tokens
   // dropped at random after the position embedding, a different subset per

@@ -80,8 +80,8 @@ class Trainer {
 double task_weight(const Task& task);
 std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks);
 
-// `task`, followed by its multi-resolution variants when it asks for the
-// method's (tasks/variants.h), sized from the first example of `data` that
+// `task`, followed by its multi-resolution variants when it sets `variants:
+// method` (tasks/variants.h), sized from the first example of `data` that
 // decodes. Variants that miss their token budget are left out with a note
 // on stdout.
 std::vector<TaskConfig> with_variants(const TaskConfig& task, const Dataset& data,
