@@ -160,6 +160,10 @@ void visit_fields(Visitor& v, TrainConfig& c) {
   v("workers", c.workers);
   v("prefetch", c.prefetch);
   v("dtype", c.dtype);
+  v("checkpoint_every", c.checkpoint_every);
+  v("keep_checkpoints", c.keep_checkpoints);
+  v("progress", c.progress);
+  v("tensorboard", c.tensorboard);
   v("optimizer", c.optimizer);
 }
 
@@ -170,6 +174,7 @@ void visit_fields(Visitor& v, EvalConfig& c) {
   v("recall_at", c.recall_at);
   v("linear_probe_examples", c.linear_probe_examples);
   v("linear_probe_steps", c.linear_probe_steps);
+  v("every", c.every);
 }
 
 // Leaves out `source`, which records where the YAML came from and is no setting.
@@ -1077,11 +1082,15 @@ void validate_train(const Context& ctx, const TrainConfig& train) {
   check_non_negative(ctx, "train.workers", train.workers);
   check_positive(ctx, "train.prefetch", train.prefetch);
   check_one_of(ctx, "train.dtype", train.dtype, {"fp32", "bf16"});
+  check_non_negative(ctx, "train.checkpoint_every", train.checkpoint_every);
+  check_positive(ctx, "train.keep_checkpoints", train.keep_checkpoints);
+  check_one_of(ctx, "train.progress", train.progress, {"auto", "live", "lines"});
   validate_optimizer(ctx, train.optimizer);
 }
 
 void validate_eval(const Context& ctx, const EvalConfig& eval) {
   check_positive(ctx, "eval.batch_size", eval.batch_size);
+  check_non_negative(ctx, "eval.every", eval.every);
   for (std::size_t i = 0; i < eval.prompts.size(); ++i) {
     if (eval.prompts[i].find("{}") == std::string::npos) {
       fail(ctx, join_index("eval.prompts", i),

@@ -200,6 +200,10 @@ struct TrainConfig {
   int workers = 2;                 // background threads that prepare batches
   int prefetch = 2;                // batches kept ready per task
   std::string dtype = "fp32";      // fp32 or bf16 (autocast; weights stay fp32)
+  int checkpoint_every = 1000;     // steps between checkpoints; 0 = only after the last step
+  int keep_checkpoints = 3;        // newest checkpoints kept under <workdir>/checkpoints
+  std::string progress = "auto";   // live (one updating line), lines, or auto (live on a terminal)
+  bool tensorboard = true;         // TensorBoard event files in <workdir>/tensorboard
   OptimizerConfig optimizer;
 };
 
@@ -209,6 +213,7 @@ struct EvalConfig {
   std::vector<int> recall_at{1, 5};
   int linear_probe_examples = 10000;    // training examples the probe is fitted on
   int linear_probe_steps = 300;         // full-batch optimisation steps of the probe
+  int every = 0;                        // steps between evaluations in training; 0 = only at the end
 };
 
 struct Config {

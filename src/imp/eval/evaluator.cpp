@@ -20,19 +20,14 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-// Model outputs for every example of a split in one modality, averaged over
-// the modality's evaluation views (e.g. the clips of a video).
-struct Features {
-  at::Tensor pooled;                // [N, D]
-  at::Tensor embedding;             // [N, P], L2-normalised; undefined without projection
-  std::map<int, at::Tensor> logits;  // label set -> [N, K], for the trained heads
-};
-
 std::vector<int64_t> index_range(int64_t begin, int64_t end) {
   std::vector<int64_t> out(end - begin);
   std::iota(out.begin(), out.end(), begin);
   return out;
 }
+
+}  // namespace
+
 
 Features embed(ImpModel& model, const Dataset& data, const std::string& modality,
                const std::vector<int64_t>& indices, const std::set<int>& heads, bool project,
@@ -106,6 +101,8 @@ at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer, const L
       {static_cast<int64_t>(set.class_names.size()), static_cast<int64_t>(prompts.size()), -1});
   return F::normalize(per_class.mean(1));
 }
+
+namespace {
 
 // The caption of each test example, the distinct texts, and the groups that
 // decide which matches count in retrieval: examples whose captions mean the

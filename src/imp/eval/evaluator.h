@@ -5,11 +5,13 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 
 #include <c10/core/Device.h>
 
 #include "imp/config/config.h"
+#include "imp/data/dataset.h"
 #include "imp/data/tokenizer.h"
 #include "imp/model/imp_model.h"
 
@@ -29,6 +31,32 @@ namespace imp {
 // match is any caption of the same meaning (same caption group).
 std::map<std::string, double> evaluate(ImpModel& model, const Config& config,
                                        const Tokenizer& tokenizer, c10::Device device);
+
+// Model outputs for every example of a split in one modality, averaged over
+// the modality's evaluation views (e.g. the clips of a video).
+struct Features {
+  at::Tensor pooled;                 // [N, D]
+  at::Tensor embedding;              // [N, P], L2-normalised; undefined without projection
+  std::map<int, at::Tensor> logits;  // label set -> [N, K], for the heads in `heads`
+};
+
+// Encodes data.eval_input(modality, ...) for `indices` in batches of
+// eval.batch_size under the run's autocast. `heads` are label sets of `data`
+// whose classifier outputs to keep; `project` adds the shared embedding.
+Features embed(ImpModel& model, const Dataset& data, const std::string& modality,
+               const std::vector<int64_t>& indices, const std::set<int>& heads, bool project,
+               const Config& config, c10::Device device);
+
+// L2-normalised shared embeddings [N, P] of `texts`, cut to max_len tokens.
+at::Tensor embed_texts(ImpModel& model, const Tokenizer& tokenizer,
+                       const std::vector<std::string>& texts, const Config& config,
+                       c10::Device device, int max_len);
+
+// Class embeddings [K, P]: each class's prompts (the set's own, else
+// eval.prompts, else the built-in templates) embedded, averaged and
+// renormalised.
+at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer, const LabelSet& set,
+                            const Config& config, c10::Device device);
 
 // Prints `metrics` as an aligned table (dataset, metric, value) to stdout.
 void print_results(const std::map<std::string, double>& metrics);

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <numeric>
+#include <stdexcept>
 #include <utility>
 
 namespace imp {
@@ -100,6 +101,27 @@ nlohmann::json RoutingStats::to_json() const {
   }
   nlohmann::json result = {{"layers", layers}};
   return result;
+}
+
+void RoutingStats::from_json(const nlohmann::json& json) {
+  std::map<int, std::map<std::string, RoutingCounts>> counts;
+  try {
+    for (const nlohmann::json& entry : json.at("layers")) {
+      const int layer = entry.at("layer").get<int>();
+      for (const auto& [modality, values] : entry.at("modalities").items()) {
+        RoutingCounts& c = counts[layer][modality];
+        c.tokens_per_expert = values.at("tokens_per_expert").get<std::vector<int64_t>>();
+        c.top_choice_per_expert = values.at("top_choice_per_expert").get<std::vector<int64_t>>();
+        c.num_tokens = values.at("num_tokens").get<int64_t>();
+        c.dropped_tokens = values.at("dropped_tokens").get<int64_t>();
+        c.num_passes = values.at("num_passes").get<int64_t>();
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(std::string("routing counts do not have the layout RoutingStats "
+                                            "writes: ") + e.what());
+  }
+  counts_ = std::move(counts);
 }
 
 std::string RoutingStats::report() const {

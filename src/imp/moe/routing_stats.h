@@ -54,6 +54,9 @@ class RoutingStats {
   //   "top_choice_share": [...], "num_tokens": n, "dropped_tokens": d,
   //   "dropped_fraction": d / n, "num_passes": p}, ...}}, ...]}, layers ascending.
   nlohmann::json to_json() const;
+  // The inverse of to_json(), for resuming a run: replaces every count.
+  // Throws std::invalid_argument when `json` does not have that layout.
+  void from_json(const nlohmann::json& json);
 
   // A table for people: per MoE layer and modality, the share of the
   // modality's tokens that each expert takes (tokens_per_expert over tokens;

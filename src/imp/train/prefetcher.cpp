@@ -4,8 +4,13 @@
 
 namespace imp {
 
-BatchPrefetcher::BatchPrefetcher(std::vector<const Task*> tasks, int workers, int depth)
+BatchPrefetcher::BatchPrefetcher(std::vector<const Task*> tasks, int workers, int depth,
+                                 std::vector<int64_t> first_batch)
     : tasks_(std::move(tasks)), depth_(std::max(1, depth)), queues_(tasks_.size()) {
+  for (size_t t = 0; t < first_batch.size() && t < queues_.size(); ++t) {
+    queues_[t].next_to_build = first_batch[t];
+    queues_[t].next_to_serve = first_batch[t];
+  }
   for (int i = 0; i < std::max(1, workers); ++i) workers_.emplace_back([this] { work(); });
 }
 

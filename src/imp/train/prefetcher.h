@@ -17,8 +17,11 @@ namespace imp {
 class BatchPrefetcher {
  public:
   // Keeps up to `depth` batches per task built or in progress, using
-  // `workers` threads. Tasks must outlive the prefetcher.
-  BatchPrefetcher(std::vector<const Task*> tasks, int workers, int depth);
+  // `workers` threads. Tasks must outlive the prefetcher. Task t's batches
+  // start at index first_batch[t] (0 when not given), so a resumed run goes
+  // on with the batch after the last one trained on.
+  BatchPrefetcher(std::vector<const Task*> tasks, int workers, int depth,
+                  std::vector<int64_t> first_batch = {});
   ~BatchPrefetcher();
   BatchPrefetcher(const BatchPrefetcher&) = delete;
   BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;

@@ -5,11 +5,14 @@
 #include <fstream>
 
 #include <nlohmann/json.hpp>
-#include <torch/serialize.h>
 
 #include "imp/core/error.h"
 #include "imp/core/threads.h"
 #include "imp/eval/evaluator.h"
+#include "imp/infer/inference.h"
+#include "imp/io/safetensors.h"
+#include "imp/train/checkpoint.h"
+#include "imp/train/tensorboard.h"
 #include "imp/train/trainer.h"
 
 namespace imp {
@@ -55,27 +58,66 @@ int64_t count_parameters(ImpModel& model) {
   return total;
 }
 
+void append_eval_record(const fs::path& path, int64_t step, const std::map<std::string, double>& metrics) {
+  std::ofstream out(path, std::ios::app);
+  out << nlohmann::json({{"step", step}, {"metrics", metrics}}).dump() << '\n';
+}
+
 }  // namespace
 
-std::map<std::string, double> run_train(const Config& config) {
+std::map<std::string, double> run_train(const Config& config, const TrainOptions& options) {
   const fs::path workdir(config.workdir);
   IMP_REQUIRE(ConfigError, !fs::exists(workdir) || fs::is_directory(workdir), "workdir ",
               config.workdir, " is a file, not a directory; pass --workdir a new or existing directory");
+  IMP_REQUIRE(ConfigError, options.resume.empty() || options.init_from.empty(),
+              "--resume and --init-from exclude each other: a resumed run already has its weights");
+  std::string checkpoint;
+  if (options.resume == "latest") {
+    const std::vector<CheckpointInfo> checkpoints = list_checkpoints(config.workdir);
+    IMP_REQUIRE(ConfigError, !checkpoints.empty(), "--resume: no checkpoint in ",
+                (workdir / "checkpoints").string(), "; start without --resume, or pass a checkpoint folder");
+    checkpoint = checkpoints.back().path;
+  } else if (!options.resume.empty()) {
+    checkpoint = options.resume;
+  } else if (!list_checkpoints(config.workdir).empty()) {
+    IMP_REQUIRE(ConfigError, options.overwrite, "workdir ", config.workdir,
+                " holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to ",
+                "start again there (deleting them), or choose another --workdir");
+    fs::remove_all(workdir / "checkpoints");
+  }
   fs::create_directories(workdir);
-  write_file_atomically(workdir / "config.yaml", to_yaml(config));
+  Config run_config = config;
+  if (!checkpoint.empty() && run_config.tokenizer.model.empty() &&
+      fs::exists(fs::path(checkpoint) / "tokenizer.model")) {
+    // The tokenizer the checkpoint was trained with, copied out of the
+    // checkpoint, which a later one may replace.
+    fs::copy_file(fs::path(checkpoint) / "tokenizer.model", workdir / "tokenizer.model",
+                  fs::copy_options::overwrite_existing);
+    run_config.tokenizer.model = (workdir / "tokenizer.model").string();
+  }
+  write_file_atomically(workdir / "config.yaml", to_yaml(run_config));
 
   // Read the test splits now: a broken file should stop the run before
   // training, not after it.
-  for (const DatasetConfig& dataset : config.datasets) {
-    load_dataset(dataset, config.model, /*train=*/false, config.cache_dir);
+  for (const DatasetConfig& dataset : run_config.datasets) {
+    load_dataset(dataset, run_config.model, /*train=*/false, run_config.cache_dir);
   }
 
-  Trainer trainer(config);
+  Trainer trainer(run_config);
   std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %s\n",
-              config.model.preset.c_str(), static_cast<long long>(count_parameters(trainer.model())),
+              run_config.model.preset.c_str(), static_cast<long long>(count_parameters(trainer.model())),
               trainer.model()->encoder()->moe_layers().size(), trainer.device().str().c_str(),
-              config.train.dtype.c_str());
+              run_config.train.dtype.c_str());
   std::printf("threads: %s\n", thread_settings().c_str());
+  if (!checkpoint.empty()) trainer.resume(checkpoint);
+  if (!options.init_from.empty()) trainer.init_from(options.init_from);
+  trainer.set_eval_hook([&](int64_t step) {
+    std::printf("evaluating at step %lld\n", static_cast<long long>(step));
+    std::map<std::string, double> metrics =
+        evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device());
+    print_results(metrics);
+    return metrics;
+  });
   TrainSummary summary = trainer.train();
   std::printf("trained %lld steps in %.1f s (%.1f%% waiting for data)\n",
               static_cast<long long>(summary.steps), summary.train_seconds,
@@ -86,17 +128,25 @@ std::map<std::string, double> run_train(const Config& config) {
     }
   }
 
-  torch::save(trainer.model(), (workdir / "model.pt").string());
+  save_safetensors((workdir / "model.safetensors").string(), model_tensors(trainer.model()),
+                   {{"format", "pt"}});
   // The run directory carries its own tokenizer, so evaluation never depends
   // on the cache.
-  fs::copy_file(trainer.tokenizer_path(), workdir / "tokenizer.model",
-                fs::copy_options::overwrite_existing);
+  const fs::path tokenizer_copy = workdir / "tokenizer.model";
+  if (!fs::exists(tokenizer_copy) || !fs::equivalent(trainer.tokenizer_path(), tokenizer_copy)) {
+    fs::copy_file(trainer.tokenizer_path(), tokenizer_copy, fs::copy_options::overwrite_existing);
+  }
   const RoutingStats& routing = trainer.model()->routing_stats();
   write_file_atomically(workdir / "routing.json", routing.to_json().dump(2) + "\n");
   std::printf("%s", routing.report().c_str());
 
   std::map<std::string, double> metrics =
-      evaluate(trainer.model(), config, trainer.tokenizer(), trainer.device());
+      evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device());
+  append_eval_record(workdir / "evals.jsonl", run_config.train.steps, metrics);
+  if (run_config.train.tensorboard) {
+    EventWriter events((workdir / "tensorboard").string());
+    for (const auto& [name, value] : metrics) events.add_scalar("eval/" + name, value, run_config.train.steps);
+  }
   metrics["train_seconds"] = summary.train_seconds;
   write_metrics(workdir / "eval.json", metrics);
   print_results(metrics);
@@ -104,56 +154,50 @@ std::map<std::string, double> run_train(const Config& config) {
   return metrics;
 }
 
-Config load_run_config(const std::string& workdir, const std::vector<std::string>& overrides) {
-  const fs::path dir(workdir);
+Config load_run_config(const std::string& dir_name, const std::vector<std::string>& overrides) {
+  const fs::path dir(dir_name);
   const fs::path config_path = dir / "config.yaml";
-  IMP_REQUIRE(ConfigError, !fs::exists(dir) || fs::is_directory(dir), "workdir ", workdir,
-              " is a file, not a run directory; pass the --workdir of a finished `imp train` run");
-  IMP_REQUIRE(ConfigError, fs::exists(config_path), "no config.yaml in ", workdir,
-              "; pass the --workdir of a finished `imp train` run");
-  IMP_REQUIRE(ConfigError, fs::exists(dir / "model.pt"), "no model.pt in ", workdir,
-              "; the training run did not finish, run `imp train` again");
+  IMP_REQUIRE(ConfigError, !fs::exists(dir) || fs::is_directory(dir), dir_name,
+              " is a file, not a run directory; pass the --workdir of an `imp train` run");
+  IMP_REQUIRE(ConfigError, fs::exists(config_path), "no config.yaml in ", dir_name,
+              "; pass the --workdir of an `imp train` run or a checkpoint folder");
   std::vector<std::string> all_overrides = overrides;
-  all_overrides.push_back(string_override("workdir", workdir));
   if (fs::exists(dir / "tokenizer.model")) {
     all_overrides.push_back(string_override("tokenizer.model", (dir / "tokenizer.model").string()));
   }
   return load_config(config_path.string(), all_overrides);
 }
 
-std::map<std::string, double> run_eval(const std::string& workdir,
-                                       const std::vector<std::string>& overrides) {
-  const fs::path dir(workdir);
-  const fs::path weights = dir / "model.pt";
-  Config config = load_run_config(workdir, overrides);
+Config config_for_weights(const std::string& weights, const std::string& config_path,
+                          const std::vector<std::string>& overrides) {
+  if (!config_path.empty()) return load_config(config_path, overrides);
+  IMP_REQUIRE(ConfigError, fs::exists(weights), "no file or folder ", weights,
+              "; pass a run directory, a checkpoint folder or a .safetensors file");
+  const fs::path dir = fs::is_directory(weights) ? fs::path(weights) : fs::path(weights).parent_path();
+  if (fs::exists(dir / "config.yaml")) {
+    Config config = load_run_config(dir.string(), overrides);
+    // A run directory's config names the run's workdir; keep it.
+    return config;
+  }
+  throw ConfigError(str_cat("no config.yaml beside ", weights, "; pass the config it was trained with ",
+                            "(imp eval CONFIG --weights ", weights, ")"));
+}
+
+std::map<std::string, double> run_eval(const std::string& weights, const Config& config) {
   set_intra_op_threads(config.train.threads);
   std::printf("threads: %s\n", thread_settings().c_str());
+  InferenceModel loaded = load_for_inference(weights, config);
 
-  std::map<std::string, std::shared_ptr<const Dataset>> tests;
-  std::vector<std::shared_ptr<const Dataset>> in_order;
-  for (const DatasetConfig& dataset : config.datasets) {
-    in_order.push_back(load_dataset(dataset, config.model, /*train=*/false, config.cache_dir));
-    tests[dataset.name] = in_order.back();
+  const bool folder = fs::is_directory(weights);
+  const fs::path eval_path = fs::path(weights) / "eval.json";
+  std::map<std::string, double> metrics = folder ? read_metrics(eval_path) : std::map<std::string, double>{};
+  for (const auto& [name, value] : evaluate(loaded.model, config, loaded.tokenizer, loaded.device)) {
+    metrics[name] = value;
   }
-  const std::map<std::string, int64_t> heads = classifier_heads(config, tests);
-  // Without tokenizer.model in the run directory the tokenizer is trained on
-  // the same corpus as in training, which gives the same model.
-  Tokenizer tokenizer = Tokenizer::load(prepare_tokenizer(config, text_corpus(in_order)));
-  ImpModel model(config.model, tokenizer.vocab_size(), heads);
-  try {
-    torch::load(model, weights.string());
-  } catch (const c10::Error& e) {
-    throw DataError(str_cat("failed to load the weights in ", weights.string(), ": ",
-                            e.what_without_backtrace(),
-                            ". The file is damaged or from a different model config; "
-                            "train the run again"));
+  if (folder) {
+    write_metrics(eval_path, metrics);
+    std::printf("wrote %s\n", eval_path.c_str());
   }
-  const c10::Device device = default_device();
-  model->to(device);
-
-  std::map<std::string, double> metrics = read_metrics(dir / "eval.json");
-  for (const auto& [name, value] : evaluate(model, config, tokenizer, device)) metrics[name] = value;
-  write_metrics(dir / "eval.json", metrics);
   print_results(metrics);
   return metrics;
 }

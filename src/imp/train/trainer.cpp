@@ -17,8 +17,11 @@
 #include "imp/core/threads.h"
 #include "imp/data/captions.h"
 #include "imp/tasks/variants.h"
+#include "imp/train/checkpoint.h"
 #include "imp/train/lr_schedule.h"
 #include "imp/train/prefetcher.h"
+#include "imp/train/progress.h"
+#include "imp/train/tensorboard.h"
 
 namespace imp {
 
@@ -184,7 +187,43 @@ struct Interval {
   std::map<std::string, std::pair<double, int>> loss;  // task -> (sum, count)
 };
 
-void print_log_line(int64_t step, int64_t total, const Interval& interval, double lr) {
+// First-choice counts per (MoE layer, modality) at the start of an interval,
+// to report the interval's expert load rather than the run's.
+using RoutingSnapshot = std::map<std::pair<int, std::string>, std::pair<std::vector<int64_t>, int64_t>>;
+
+RoutingSnapshot snapshot(const RoutingStats& stats) {
+  RoutingSnapshot result;
+  for (int layer : stats.layers()) {
+    for (const std::string& modality : stats.modalities(layer)) {
+      const RoutingCounts* counts = stats.find(layer, modality);
+      result[{layer, modality}] = {counts->top_choice_per_expert, counts->num_tokens};
+    }
+  }
+  return result;
+}
+
+// {"<layer>": {"<modality>": [share of the interval's tokens whose first
+// choice was each expert]}}, for modalities that ran in the interval.
+nlohmann::json expert_load(const RoutingSnapshot& before, const RoutingSnapshot& now) {
+  nlohmann::json result = nlohmann::json::object();
+  for (const auto& [key, counts] : now) {
+    std::vector<int64_t> top = counts.first;
+    int64_t tokens = counts.second;
+    auto it = before.find(key);
+    if (it != before.end()) {
+      for (size_t e = 0; e < top.size() && e < it->second.first.size(); ++e) top[e] -= it->second.first[e];
+      tokens -= it->second.second;
+    }
+    if (tokens <= 0) continue;
+    std::vector<double> share;
+    for (int64_t count : top) share.push_back(static_cast<double>(count) / static_cast<double>(tokens));
+    result[std::to_string(key.first)][key.second] = share;
+  }
+  return result;
+}
+
+std::string log_line(int64_t step, int64_t total, const Interval& interval, double lr,
+                     double seconds_left) {
   const double seconds = std::chrono::duration<double>(Clock::now() - interval.start).count();
   std::string losses;
   for (const auto& [task, sum_count] : interval.loss) {
@@ -192,15 +231,86 @@ void print_log_line(int64_t step, int64_t total, const Interval& interval, doubl
     std::snprintf(part, sizeof(part), " %s %.4f", task.c_str(), sum_count.first / sum_count.second);
     losses += part;
   }
-  std::printf("step %6lld/%lld | loss%s | lr %.2e | %.0f ms/step | %.0f tokens/s | %.0f examples/s"
-              " | data wait %.1f%%\n",
-              static_cast<long long>(step), static_cast<long long>(total), losses.c_str(), lr,
-              1000.0 * seconds / std::max<int64_t>(1, interval.steps), interval.tokens / seconds,
-              interval.examples / seconds, 100.0 * interval.data_wait / seconds);
-  std::fflush(stdout);
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                " | lr %.2e | %.0f ms/step | %.0f tokens/s | %.0f examples/s | data wait %.1f%% | %s left",
+                lr, 1000.0 * seconds / std::max<int64_t>(1, interval.steps), interval.tokens / seconds,
+                interval.examples / seconds, 100.0 * interval.data_wait / seconds,
+                format_duration(std::max(0.0, seconds_left)).c_str());
+  char head[64];
+  std::snprintf(head, sizeof(head), "step %6lld/%lld | loss", static_cast<long long>(step),
+                static_cast<long long>(total));
+  return head + losses + line;
+}
+
+// Opens a JSON Lines log for appending after `step` (its later records
+// dropped), or empty for a run that starts at step 0.
+std::ofstream open_log(const fs::path& path, int64_t step) {
+  if (step > 0) {
+    truncate_log_after(path.string(), step);
+    return std::ofstream(path, std::ios::app);
+  }
+  return std::ofstream(path, std::ios::trunc);
 }
 
 }  // namespace
+
+void truncate_log_after(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    // A cut last line (the process was killed while writing it) goes too.
+    if (!record.is_object() || !record.contains("step") || !record["step"].is_number_integer()) continue;
+    if (record["step"].get<int64_t>() <= step) kept += line + "\n";
+  }
+  in.close();
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << kept;
+    IMP_REQUIRE(TrainingError, out.good(), "rewriting ", path, " failed (disk full?)");
+  }
+  fs::rename(temporary, path);
+}
+
+void Trainer::resume(const std::string& checkpoint) {
+  const TrainingState state = load_checkpoint(checkpoint, model_, *optimizer_);
+  IMP_REQUIRE(DataError, state.step <= config_.train.steps, "checkpoint ", checkpoint, " is at step ",
+              state.step, ", past train.steps (", config_.train.steps,
+              "); raise train.steps to train further");
+  try {
+    model_->routing_stats().from_json(state.routing);
+  } catch (const std::invalid_argument& e) {
+    throw DataError(str_cat("checkpoint ", checkpoint, ": ", e.what()));
+  }
+  restore_rng(state);
+  start_step_ = state.step;
+
+  // The sampler is replayed up to the checkpoint (round robin keeps state);
+  // each task goes on from its saved batch position.
+  std::vector<int64_t> drawn(tasks_.size(), 0);
+  for (int64_t s = 0; s < start_step_; ++s) drawn[sampler_->next(s)] += 1;
+  first_batches_.assign(tasks_.size(), 0);
+  for (size_t t = 0; t < tasks_.size(); ++t) {
+    auto it = state.task_batches.find(tasks_[t]->name());
+    if (it != state.task_batches.end()) first_batches_[t] = it->second;
+  }
+  if (drawn != first_batches_) {
+    std::printf("note: the tasks or their weights differ from those of the run that wrote %s; "
+                "each task goes on from its saved batch position\n", checkpoint.c_str());
+  }
+  std::printf("resumed from %s at step %lld of %d\n", checkpoint.c_str(),
+              static_cast<long long>(start_step_), config_.train.steps);
+}
+
+std::vector<std::string> Trainer::init_from(const std::string& path) {
+  std::vector<std::string> notes = load_weights(path, model_, WeightMatch::kFineTune);
+  std::printf("initialised the weights from %s\n", resolve_weights_file(path).c_str());
+  for (const std::string& note : notes) std::printf("  %s\n", note.c_str());
+  return notes;
+}
 
 struct Trainer::StepResult {
   double loss = 0.0;
@@ -243,29 +353,52 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
 
 TrainSummary Trainer::train() {
   const TrainConfig& train = config_.train;
-  fs::create_directories(config_.workdir);
-  std::ofstream log_file(fs::path(config_.workdir) / "train_log.jsonl");
+  const fs::path workdir(config_.workdir);
+  fs::create_directories(workdir);
+  std::ofstream log_file = open_log(workdir / "train_log.jsonl", start_step_);
+  std::ofstream metrics_file = open_log(workdir / "metrics.jsonl", start_step_);
+  std::ofstream evals_file = open_log(workdir / "evals.jsonl", start_step_);
+  std::unique_ptr<EventWriter> events;
+  if (train.tensorboard) events = std::make_unique<EventWriter>((workdir / "tensorboard").string());
+  const std::string config_yaml = to_yaml(config_);
 
   std::vector<const Task*> task_list;
   for (const auto& task : tasks_) task_list.push_back(task.get());
-  BatchPrefetcher prefetcher(task_list, train.workers, train.prefetch);
+  BatchPrefetcher prefetcher(task_list, train.workers, train.prefetch, first_batches_);
+  std::vector<int64_t> batches = first_batches_;
+  batches.resize(tasks_.size(), 0);
 
   const auto& probabilities = sampler_->probabilities();
   for (size_t t = 0; t < tasks_.size(); ++t) {
     std::printf("task %-24s p=%.3f batch %d\n", tasks_[t]->name().c_str(), probabilities[t],
                 tasks_[t]->config().batch_size);
   }
+  std::fflush(stdout);
   model_->train();
 
+  auto write_checkpoint = [&](int64_t step) {
+    TrainingState state;
+    state.step = step;
+    state.total_steps = train.steps;
+    for (size_t t = 0; t < tasks_.size(); ++t) state.task_batches[tasks_[t]->name()] = batches[t];
+    state.routing = model_->routing_stats().to_json();
+    capture_rng(state);
+    return save_checkpoint(config_.workdir, model_, *optimizer_, state, config_yaml, tokenizer_path_,
+                           train.keep_checkpoints);
+  };
+
+  ProgressDisplay progress(train.progress, start_step_, train.steps);
   TrainSummary summary;
   Interval interval;
+  RoutingSnapshot routing_before = snapshot(model_->routing_stats());
   const auto start = Clock::now();
-  for (int64_t s = 0; s < train.steps; ++s) {
+  for (int64_t s = start_step_; s < train.steps; ++s) {
     const size_t task_index = sampler_->next(s);
     const std::string& task_name = tasks_[task_index]->name();
 
     double waited = 0.0;
     Batch batch = prefetcher.next(task_index, &waited);
+    batches[task_index] += 1;
     StepResult result = step(s, task_index, batch);
     sampler_->observe(task_index, result.loss);
 
@@ -286,13 +419,80 @@ TrainSummary Trainer::train() {
                              {"data_wait_s", waited}};
     for (const auto& [metric, value] : result.output.metrics) record[metric] = value;
     log_file << record.dump() << '\n';
+    progress.step(s + 1, task_name, result.loss, result.output.tokens);
 
-    if ((s + 1) % train.log_every == 0 || s + 1 == train.steps) {
-      print_log_line(s + 1, train.steps, interval, result.lr);
+    const int64_t done = s + 1;
+    if (done % train.log_every == 0 || done == train.steps) {
+      const double seconds = std::chrono::duration<double>(Clock::now() - interval.start).count();
+      nlohmann::json losses = nlohmann::json::object();
+      nlohmann::json counts = nlohmann::json::object();
+      for (const auto& [task, sum_count] : interval.loss) {
+        losses[task] = sum_count.first / sum_count.second;
+        counts[task] = sum_count.second;
+      }
+      const RoutingSnapshot routing_now = snapshot(model_->routing_stats());
+      const nlohmann::json metrics = {
+          {"step", done},
+          {"total_steps", train.steps},
+          {"wall_s", std::chrono::duration<double>(Clock::now() - start).count()},
+          {"lr", result.lr},
+          {"loss", losses},
+          {"steps", counts},
+          {"tokens_per_s", interval.tokens / seconds},
+          {"examples_per_s", interval.examples / seconds},
+          {"ms_per_step", 1000.0 * seconds / std::max<int64_t>(1, interval.steps)},
+          {"data_wait", interval.data_wait / seconds},
+          {"expert_load", expert_load(routing_before, routing_now)}};
+      metrics_file << metrics.dump() << '\n';
+      metrics_file.flush();
+      log_file.flush();
+      if (events) {
+        for (const auto& [task, value] : losses.items()) events->add_scalar("loss/" + task, value.get<double>(), done);
+        events->add_scalar("train/lr", result.lr, done);
+        events->add_scalar("train/tokens_per_s", metrics["tokens_per_s"].get<double>(), done);
+        events->add_scalar("train/data_wait", metrics["data_wait"].get<double>(), done);
+        for (const auto& [layer, by_modality] : metrics["expert_load"].items()) {
+          for (const auto& [modality, shares] : by_modality.items()) {
+            for (size_t e = 0; e < shares.size(); ++e) {
+              events->add_scalar(str_cat("expert_load/layer", layer, "/", modality, "/expert", e),
+                                 shares[e].get<double>(), done);
+            }
+          }
+        }
+        events->flush();
+      }
+      progress.print_line(log_line(done, train.steps, interval, result.lr, progress.seconds_left(done)));
+      routing_before = routing_now;
       interval = Interval();
     }
+
+    if (eval_hook_ && config_.eval.every > 0 && done % config_.eval.every == 0 && done < train.steps) {
+      progress.finish();
+      // Evaluation must not move the random generators: a resumed run that
+      // evaluates at other steps would otherwise draw other tokens to drop.
+      TrainingState rng;
+      capture_rng(rng);
+      const std::map<std::string, double> results = eval_hook_(done);
+      restore_rng(rng);
+      model_->train();
+      evals_file << nlohmann::json({{"step", done}, {"metrics", results}}).dump() << '\n';
+      evals_file.flush();
+      if (events) {
+        for (const auto& [name, value] : results) events->add_scalar("eval/" + name, value, done);
+        events->flush();
+      }
+    }
+    if (done == train.steps || (train.checkpoint_every > 0 && done % train.checkpoint_every == 0)) {
+      const auto saving = Clock::now();
+      const std::string path = write_checkpoint(done);
+      char line[512];
+      std::snprintf(line, sizeof(line), "checkpoint: %s (%.1f s)", path.c_str(),
+                    std::chrono::duration<double>(Clock::now() - saving).count());
+      progress.print_line(line);
+    }
   }
-  summary.steps = train.steps;
+  progress.finish();
+  summary.steps = train.steps - start_step_;
   summary.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return summary;
 }

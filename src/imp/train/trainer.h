@@ -2,6 +2,7 @@
 // that task alone, and takes an optimizer step.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -48,9 +49,35 @@ class Trainer {
   // Loads data, prepares the tokenizer and builds the model, tasks and optimizer.
   explicit Trainer(Config config);
 
-  // Runs config.train.steps AGD steps, logging to stdout and to
-  // <workdir>/train_log.jsonl. Throws TrainingError on a non-finite loss.
+  // Continues from a checkpoint folder (train/checkpoint.h): weights,
+  // optimizer moments, random generators, the step and every task's batch
+  // position, so that the rest of the run equals an uninterrupted one.
+  // Throws DataError when the checkpoint does not fit this config.
+  void resume(const std::string& checkpoint);
+
+  // Starts from the weights of another run (a .safetensors file, checkpoint
+  // or run directory) with a fresh optimizer, for fine-tuning: classifier
+  // heads it lacks or sizes differently start fresh. Returns what was skipped.
+  std::vector<std::string> init_from(const std::string& path);
+
+  // Called every eval.every steps (not after the last one; the caller
+  // evaluates then) with the step; returns metrics for evals.jsonl.
+  using EvalHook = std::function<std::map<std::string, double>(int64_t step)>;
+  void set_eval_hook(EvalHook hook) { eval_hook_ = std::move(hook); }
+
+  // Runs AGD steps up to config.train.steps, from step 0 or the resumed
+  // step. Writes into the workdir:
+  //   train_log.jsonl  one record per step
+  //   metrics.jsonl    one record per log interval: mean loss per task, lr,
+  //                    tokens/s, data wait and each MoE layer's expert
+  //                    load per modality
+  //   evals.jsonl      one record per evaluation of the eval hook
+  //   tensorboard/     the same as TensorBoard scalars (train.tensorboard)
+  //   checkpoints/     every train.checkpoint_every steps and after the last
+  // Throws TrainingError on a non-finite loss.
   TrainSummary train();
+
+  int64_t start_step() const { return start_step_; }
 
   ImpModel& model() { return model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
@@ -73,7 +100,14 @@ class Trainer {
   std::vector<std::unique_ptr<Task>> tasks_;
   std::unique_ptr<TaskSampler> sampler_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t start_step_ = 0;
+  std::vector<int64_t> first_batches_;  // per task: the batch index to train on next
+  EvalHook eval_hook_;
 };
+
+// Drops the records of a JSON Lines log whose "step" is above `step`, so that
+// a resumed run's records follow on from its checkpoint.
+void truncate_log_after(const std::string& path, int64_t step);
 
 // Sampling weight of a task: its explicit weight, or else its dataset's
 // number of training examples.
