@@ -392,6 +392,7 @@ TrainSummary Trainer::train() {
   Interval interval;
   RoutingSnapshot routing_before = snapshot(model_->routing_stats());
   const auto start = Clock::now();
+  Clock::duration eval_duration{0};
   for (int64_t s = start_step_; s < train.steps; ++s) {
     const size_t task_index = sampler_->next(s);
     const std::string& task_name = tasks_[task_index]->name();
@@ -472,7 +473,13 @@ TrainSummary Trainer::train() {
       // evaluates at other steps would otherwise draw other tokens to drop.
       TrainingState rng;
       capture_rng(rng);
+      const auto evaluating = Clock::now();
       const std::map<std::string, double> results = eval_hook_(done);
+      // Evaluation time counts neither in train_seconds nor in the next
+      // interval's tokens/s.
+      const auto eval_time = Clock::now() - evaluating;
+      eval_duration += eval_time;
+      interval.start += std::chrono::duration_cast<Clock::duration>(eval_time);
       restore_rng(rng);
       model_->train();
       evals_file << nlohmann::json({{"step", done}, {"metrics", results}}).dump() << '\n';
@@ -493,7 +500,7 @@ TrainSummary Trainer::train() {
   }
   progress.finish();
   summary.steps = train.steps - start_step_;
-  summary.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  summary.train_seconds = std::chrono::duration<double>(Clock::now() - start - eval_duration).count();
   return summary;
 }
 

@@ -22,7 +22,7 @@ namespace imp {
 
 struct TrainSummary {
   int64_t steps = 0;
-  double train_seconds = 0.0;       // wall time of the step loop
+  double train_seconds = 0.0;       // wall time of the step loop, evaluations excluded
   double data_wait_seconds = 0.0;   // part of it spent waiting for batches
   int64_t tokens = 0;               // encoder tokens processed
   std::map<std::string, int64_t> steps_per_task;
