@@ -115,6 +115,14 @@ TEST_F(FinishedRun, WritesCheckpointsMetricsAndTensorBoardFiles) {
       EXPECT_NEAR(sum, 1.0, 1e-9) << layer << " " << modality;
     }
   }
+  // Two task signatures: the classifier and the image-text pairs.
+  const nlohmann::json signatures = nlohmann::json::parse(read_text(run / "signatures.json"));
+  ASSERT_EQ(signatures.size(), 2u) << signatures.dump();
+  int64_t signature_steps = 0;
+  for (const auto& signature : signatures) signature_steps += signature["steps"].get<int64_t>();
+  EXPECT_EQ(signature_steps, 30);
+  EXPECT_NE(train_output_->find("signatures: 2 distinct"), std::string::npos) << *train_output_;
+
   const std::vector<nlohmann::json> evals = read_jsonl(run / "evals.jsonl");
   ASSERT_EQ(evals.size(), 1u);
   EXPECT_EQ(evals[0]["step"], 30);

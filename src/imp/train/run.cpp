@@ -58,6 +58,36 @@ int64_t count_parameters(ImpModel& model) {
   return total;
 }
 
+// One line on how many task signatures the run had and what the first step
+// of a new one cost beyond the later steps of the same signature.
+void print_signatures(const std::vector<SignatureCost>& signatures) {
+  double extra_ms = 0.0;
+  int measured = 0;
+  for (const SignatureCost& cost : signatures) {
+    if (cost.steps < 2) continue;
+    extra_ms += cost.first_step_ms - cost.median_later_ms;
+    measured += 1;
+  }
+  std::printf("signatures: %zu distinct (shapes, modalities, objective)", signatures.size());
+  if (measured > 0) {
+    std::printf("; a new one's first step took %.0f ms longer than its later steps' median, on average",
+                extra_ms / measured);
+  }
+  std::printf("\n");
+}
+
+void write_signatures(const fs::path& path, const std::vector<SignatureCost>& signatures) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const SignatureCost& cost : signatures) {
+    list.push_back({{"signature", cost.signature},
+                    {"task", cost.task},
+                    {"steps", cost.steps},
+                    {"first_step_ms", cost.first_step_ms},
+                    {"median_later_ms", cost.median_later_ms}});
+  }
+  write_file_atomically(path, list.dump(2) + "\n");
+}
+
 void append_eval_record(const fs::path& path, int64_t step, const std::map<std::string, double>& metrics) {
   std::ofstream out(path, std::ios::app);
   out << nlohmann::json({{"step", step}, {"metrics", metrics}}).dump() << '\n';
@@ -122,6 +152,8 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   std::printf("trained %lld steps in %.1f s (%.1f%% waiting for data)\n",
               static_cast<long long>(summary.steps), summary.train_seconds,
               100.0 * summary.data_wait_seconds / std::max(1e-9, summary.train_seconds));
+  print_signatures(summary.signatures);
+  write_signatures(workdir / "signatures.json", summary.signatures);
   for (const auto& [name, data] : trainer.datasets()) {
     if (data->failures() != nullptr && data->failures()->failures() > 0) {
       std::printf("data: %s\n", data->failures()->summary().c_str());

@@ -1,5 +1,6 @@
 #include "imp/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -255,6 +256,21 @@ std::ofstream open_log(const fs::path& path, int64_t step) {
 
 }  // namespace
 
+std::string task_signature(const TaskConfig& task, const Batch& batch) {
+  std::string key;
+  for (const auto& [modality, input] : batch.inputs) {
+    key += modality + "[";
+    for (int64_t d = 0; d < input.dim(); ++d) key += (d ? "," : "") + std::to_string(input.size(d));
+    key += "] ";
+  }
+  key += task.objective;
+  // Classifiers differ in their head (its weights and class count).
+  if (task.objective != "nce") key += " head=" + task.dataset + (task.label.empty() ? "" : ":" + task.label);
+  if (task.drop_tokens > 0) key += str_cat(" droptoken=", task.drop_tokens);
+  if (task.rematerialize) key += " remat";
+  return key;
+}
+
 void truncate_log_after(const std::string& path, int64_t step) {
   std::ifstream in(path);
   if (!in) return;
@@ -393,6 +409,8 @@ TrainSummary Trainer::train() {
   RoutingSnapshot routing_before = snapshot(model_->routing_stats());
   const auto start = Clock::now();
   Clock::duration eval_duration{0};
+  std::map<std::string, std::vector<double>> signature_times;         // step times in ms
+  std::vector<std::pair<std::string, std::string>> signature_order;  // signature, first task
   for (int64_t s = start_step_; s < train.steps; ++s) {
     const size_t task_index = sampler_->next(s);
     const std::string& task_name = tasks_[task_index]->name();
@@ -400,8 +418,14 @@ TrainSummary Trainer::train() {
     double waited = 0.0;
     Batch batch = prefetcher.next(task_index, &waited);
     batches[task_index] += 1;
+    const auto step_start = Clock::now();
     StepResult result = step(s, task_index, batch);
+    const double step_ms = std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
     sampler_->observe(task_index, result.loss);
+    const std::string signature = task_signature(tasks_[task_index]->config(), batch);
+    auto [timing, first_time] = signature_times.try_emplace(signature);
+    if (first_time) signature_order.emplace_back(signature, task_name);
+    timing->second.push_back(step_ms);
 
     summary.steps_per_task[task_name] += 1;
     summary.tokens += result.output.tokens;
@@ -499,6 +523,20 @@ TrainSummary Trainer::train() {
     }
   }
   progress.finish();
+  for (const auto& [signature, task] : signature_order) {
+    std::vector<double>& times = signature_times.at(signature);
+    SignatureCost cost;
+    cost.signature = signature;
+    cost.task = task;
+    cost.steps = static_cast<int64_t>(times.size());
+    cost.first_step_ms = times.front();
+    if (times.size() > 1) {
+      const auto middle = times.begin() + 1 + (times.size() - 1) / 2;
+      std::nth_element(times.begin() + 1, middle, times.end());
+      cost.median_later_ms = *middle;
+    }
+    summary.signatures.push_back(cost);
+  }
   summary.steps = train.steps - start_step_;
   summary.train_seconds = std::chrono::duration<double>(Clock::now() - start - eval_duration).count();
   return summary;

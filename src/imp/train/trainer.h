@@ -20,8 +20,25 @@
 
 namespace imp {
 
+// The cost of one task signature: everything that fixes a step's shapes and
+// code path (the objective and classifier head, each modality's input
+// shape, DropToken and rematerialisation). Its first step pays for one-time work (allocations,
+// kernel selection and, on CUDA, graph capture); later steps reuse it.
+struct SignatureCost {
+  std::string signature;
+  std::string task;               // the task that first produced it
+  int64_t steps = 0;
+  double first_step_ms = 0.0;
+  double median_later_ms = 0.0;   // of the steps after the first; 0 when there are none
+};
+
+// The signature of a batch of `task`, e.g. "image[128,1,1,28,28] text[128,16] nce"
+// or "video[32,1,8,35,35] softmax_ce head=fmnist_video:motion".
+std::string task_signature(const TaskConfig& task, const Batch& batch);
+
 struct TrainSummary {
   int64_t steps = 0;
+  std::vector<SignatureCost> signatures;  // in order of first appearance
   double train_seconds = 0.0;       // wall time of the step loop, evaluations excluded
   double data_wait_seconds = 0.0;   // part of it spent waiting for batches
   int64_t tokens = 0;               // encoder tokens processed
