@@ -136,7 +136,8 @@ int main(int argc, char** argv) {
   classify->add_option("files", inputs, "image, video or audio files")
       ->required()
       ->check(CLI::ExistingFile);
-  classify->add_option("--labels", labels_path, "class names, one per line")
+  classify->add_option("--labels", labels_path,
+                       "class names, one per line; blank lines and lines starting with # are skipped")
       ->required()
       ->check(CLI::ExistingFile);
   classify->add_option("--prompt", prompts,

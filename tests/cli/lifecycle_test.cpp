@@ -219,6 +219,8 @@ TEST_F(FinishedRun, EmbedsFilesAndTexts) {
                           (dir_ / "red.png").string() + " " + (dir_ / "broken.png").string());
   EXPECT_NE(broken.status, 0);
   EXPECT_NE(broken.output.find("broken.png"), std::string::npos) << broken.output;
+  EXPECT_NE(broken.output.find("not a JPEG, PNG or WebP image"), std::string::npos) << broken.output;
+  EXPECT_EQ(broken.output.find("imp-embed-"), std::string::npos) << broken.output;  // no temporary paths
   EXPECT_FALSE(fs::exists(never));
 }
 
@@ -245,6 +247,12 @@ TEST_F(FinishedRun, ClassifiesZeroShot) {
   ASSERT_EQ(red_classes.size(), 3u) << classify.output;
   EXPECT_NEAR(total, 100.0, 0.05) << classify.output;
   EXPECT_EQ(red_classes[0], "red") << classify.output;
+
+  // A template without {} would give every class the same text.
+  Result no_slot = run_imp("classify --workdir " + (dir_ / "run").string() + " --labels " +
+                           (dir_ / "labels.txt").string() + " --prompt 'a photo' " + (dir_ / "red.png").string());
+  EXPECT_EQ(no_slot.status, 2) << no_slot.output;
+  EXPECT_NE(no_slot.output.find("--prompt 'a photo' has no {}"), std::string::npos) << no_slot.output;
 }
 
 TEST(Lifecycle, ResumeEqualsAnUninterruptedRun) {
@@ -264,7 +272,14 @@ TEST(Lifecycle, ResumeEqualsAnUninterruptedRun) {
   Result refused = run_imp("train " + (dir / "halves.yaml").string());
   EXPECT_EQ(refused.status, 2) << refused.output;
   EXPECT_NE(refused.output.find("--resume"), std::string::npos) << refused.output;
-  Result second = run_imp("train --workdir " + (dir / "halves").string() + " --resume");
+  // A mistyped checkpoint fails at once and leaves the run as it was.
+  const std::string config_before = read_text(dir / "halves" / "config.yaml");
+  Result typo = run_imp("train --workdir " + (dir / "halves").string() + " --resume step-00000044");
+  EXPECT_EQ(typo.status, 2) << typo.output;
+  EXPECT_NE(typo.output.find("step-00000044 not found"), std::string::npos) << typo.output;
+  EXPECT_EQ(read_text(dir / "halves" / "config.yaml"), config_before);
+
+  Result second = run_imp("train --workdir " + (dir / "halves").string() + " --resume step-00000004");
   ASSERT_EQ(second.status, 0) << second.output;
   EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
   EXPECT_NE(second.output.find("step-00000004 at step 4 of 8"), std::string::npos) << second.output;
@@ -279,7 +294,12 @@ TEST(Lifecycle, ResumeEqualsAnUninterruptedRun) {
     EXPECT_EQ(b[i]["task"], a[i]["task"]);
     EXPECT_EQ(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()) << "step " << i + 1;
   }
-  EXPECT_EQ(read_jsonl(dir / "halves" / "metrics.jsonl").size(), 4u);
+  const std::vector<nlohmann::json> intervals = read_jsonl(dir / "halves" / "metrics.jsonl");
+  ASSERT_EQ(intervals.size(), 4u);
+  // Training time goes on from the checkpoint's instead of starting again.
+  for (size_t i = 1; i < intervals.size(); ++i) {
+    EXPECT_GT(intervals[i]["wall_s"].get<double>(), intervals[i - 1]["wall_s"].get<double>()) << i;
+  }
 
   // Fine-tuning from the finished run: the weights load, the optimizer starts fresh.
   Result tune = run_imp("train " + write_colour_config(dir, dir / "tuned", "steps: 2, log_every: 1").string() +

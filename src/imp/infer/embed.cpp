@@ -17,7 +17,11 @@
 #include "imp/core/utf8.h"
 #include "imp/data/file_dataset.h"
 #include "imp/eval/evaluator.h"
+#include "imp/io/audio_decoder.h"
+#include "imp/io/decode_error.h"
+#include "imp/io/image_decoder.h"
 #include "imp/io/safetensors.h"
+#include "imp/io/video_decoder.h"
 
 namespace imp {
 namespace {
@@ -53,6 +57,27 @@ class TemporaryFolder {
   fs::path path_;
 };
 
+// Decodes the start of `file` (an image whole; a video's and an audio
+// file's header) so that a bad input is reported under its own path, with
+// the decoder's reason, before any of the inputs is embedded.
+void check_decodes(const std::string& file, const std::string& modality) {
+  std::ifstream in(file, std::ios::binary);
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
+  try {
+    if (modality == "image") {
+      decode_image(bytes, data.size(), ImageDecodeOptions{}, file);
+    } else if (modality == "video") {
+      probe_video(bytes, data.size(), file);
+    } else {
+      probe_audio(bytes, data.size(), file);
+    }
+  } catch (const DecodeError& e) {
+    // The decoder's message starts with the file name.
+    throw DataError(str_cat(e.what(), "; nothing was written"));
+  }
+}
+
 // Encodes `files` of one modality through a manifest dataset with the
 // settings the model was trained with; rows in the order of `files`.
 Features embed_files(InferenceModel& loaded, const Config& config, const std::string& modality,
@@ -64,6 +89,7 @@ Features embed_files(InferenceModel& loaded, const Config& config, const std::st
     for (const std::string& file : files) {
       IMP_REQUIRE(DataError, fs::is_regular_file(file), "cannot read ", file,
                   ": no such file; check the path");
+      check_decodes(file, modality);
       out << nlohmann::json({{modality, fs::absolute(file).string()}}).dump() << '\n';
     }
   }
@@ -85,7 +111,7 @@ Features embed_files(InferenceModel& loaded, const Config& config, const std::st
   try {
     data = std::make_unique<FileDataset>(dataset, config.model, options);
   } catch (const DataError& e) {
-    throw DataError(str_cat("none of the ", modality, " inputs could be decoded: ", e.what()));
+    throw DataError(str_cat("cannot embed the ", modality, " inputs: ", e.what(), "; nothing was written"));
   }
   if (data->size() != static_cast<int64_t>(files.size())) {
     // Samples are named "<manifest> line <n>"; line n is files[n - 1].
@@ -146,10 +172,7 @@ std::string modality_of_file(const std::string& path) {
   for (const auto& [modality, list] : lists) {
     if (std::find(list->begin(), list->end(), extension) != list->end()) return modality;
   }
-  // Common formats beyond the data set defaults, which the decoders read too.
-  for (const char* image : {"bmp", "tif", "tiff", "pgm", "ppm", "pbm"}) {
-    if (extension == image) return "image";
-  }
+  // Audio formats beyond the data set defaults that libsndfile reads too.
   for (const char* audio : {"opus", "aiff", "aif", "au"}) {
     if (extension == audio) return "audio";
   }
@@ -300,6 +323,10 @@ std::vector<Classification> classify_files(InferenceModel& loaded, const Config&
                                            const std::vector<std::string>& prompts, int k) {
   IMP_REQUIRE(ConfigError, !files.empty(), "nothing to classify: pass image, video or audio files");
   IMP_REQUIRE(ConfigError, !class_names.empty(), "no class names to choose from");
+  for (const std::string& prompt : prompts) {
+    IMP_REQUIRE(ConfigError, prompt.find("{}") != std::string::npos, "--prompt '", prompt,
+                "' has no {} where the class name goes; write e.g. \"a photo of a {}\"");
+  }
   at::NoGradGuard no_grad;
   const Embeddings embedded = embed_inputs(loaded, config, files, {});
   LabelSet set;

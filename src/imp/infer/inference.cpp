@@ -1,5 +1,6 @@
 #include "imp/infer/inference.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "imp/core/error.h"
@@ -39,6 +40,10 @@ InferenceModel load_for_inference(const std::string& weights, const Config& conf
   if (tokenizer_path.empty()) {
     // The same corpus as in training gives the same tokenizer (and the
     // cache usually has it already).
+    std::printf("note: no tokenizer.model beside %s and no tokenizer.model in the config: using the "
+                "tokenizer trained on the config's captions, as training does. If the weights come "
+                "from another config, pass --set tokenizer.model=PATH with the run's own\n",
+                file.c_str());
     std::vector<std::shared_ptr<const Dataset>> datasets;
     for (const DatasetConfig& dataset : config.datasets) {
       datasets.push_back(load_dataset(dataset, config.model, /*train=*/true, config.cache_dir));

@@ -446,8 +446,10 @@ double median(std::vector<double> values) {
 // SVG charts
 
 // Line colours, chosen to stay distinguishable on white and in print.
-const char* const kPalette[] = {"#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c",
-                                "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"};
+// Sixteen, so that the default config's eleven tasks all differ.
+const char* const kPalette[] = {"#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
+                                "#ca8a04", "#db2777", "#4b5563", "#65a30d", "#1e3a8a", "#7f1d1d",
+                                "#0f766e", "#a21caf", "#92400e", "#000000"};
 constexpr size_t kPaletteSize = sizeof kPalette / sizeof kPalette[0];
 
 // Series with more points than this get no per-point hover markers, which
@@ -788,7 +790,7 @@ std::string render_task_table(const RunData& run) {
                     summary.steps ? std::to_string(*summary.steps) : "–"});
   }
   return "<h3>Tasks</h3>\n" +
-         render_table({"task", "last logged loss", "lowest logged loss", "\"steps\" in the latest line"}, rows);
+         render_table({"task", "last logged loss", "lowest logged loss", "steps in the last interval"}, rows);
 }
 
 std::string render_summary(const RunData& run) {
@@ -806,15 +808,19 @@ std::string render_summary(const RunData& run) {
                      printf_string("%.0f", 100.0 * static_cast<double>(last.step) / static_cast<double>(*last.total_steps)),
                      "%)");
   }
+  // A number with a fixed format, or a dash when it is unknown.
+  const auto fixed = [](double value, const char* format) {
+    return std::isnan(value) ? std::string("–") : printf_string(format, value);
+  };
   const std::vector<std::vector<std::string>> rows = {
       {"last logged step", steps},
       {"logging intervals", std::to_string(run.metrics.size())},
       {"training time at the last log (wall_s)", format_duration(last.wall_s)},
       {"learning rate at the last log", format_value(last.lr)},
-      {"tokens/s (median over intervals)", format_value(median(tokens))},
-      {"examples/s (median over intervals)", format_value(median(examples))},
-      {"ms per step (median over intervals)", format_value(median(step_ms))},
-      {"data_wait (median over intervals)", format_value(median(waits))},
+      {"tokens/s (median over intervals)", fixed(median(tokens), "%.0f")},
+      {"examples/s (median over intervals)", fixed(median(examples), "%.0f")},
+      {"ms per step (median over intervals)", fixed(median(step_ms), "%.1f")},
+      {"time waiting for data (median over intervals)", fixed(100.0 * median(waits), "%.1f%%")},
   };
   std::ostringstream html;
   html << "<section id=\"summary\">\n<h2>Summary</h2>\n"

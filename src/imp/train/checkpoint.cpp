@@ -224,6 +224,7 @@ std::string save_checkpoint(const std::string& workdir, ImpModel& model,
   const nlohmann::json meta = {{"step", state.step},
                                {"total_steps", state.total_steps},
                                {"task_batches", state.task_batches},
+                               {"train_seconds", state.train_seconds},
                                {"routing", state.routing}};
   save_safetensors((temporary / kStateFile).string(), training, {{kStateKey, meta.dump()}});
 
@@ -279,6 +280,7 @@ TrainingState load_checkpoint(const std::string& checkpoint, ImpModel& model,
     state.total_steps = meta.at("total_steps").get<int64_t>();
     state.task_batches = meta.at("task_batches").get<std::map<std::string, int64_t>>();
     state.routing = meta.at("routing");
+    state.train_seconds = meta.value("train_seconds", 0.0);
   } catch (const nlohmann::json::exception& e) {
     throw DataError(str_cat("the '", kStateKey, "' metadata of ", state_file, " is malformed (",
                             e.what(), "); resume from another checkpoint"));

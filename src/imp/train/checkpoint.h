@@ -36,6 +36,7 @@ struct TrainingState {
   int64_t step = 0;                              // steps completed
   int64_t total_steps = 0;                       // train.steps of the run that wrote it
   std::map<std::string, int64_t> task_batches;   // task name -> batches consumed
+  double train_seconds = 0.0;                    // training time so far, over all resumes
   nlohmann::json routing;                        // RoutingStats::to_json()
   at::Tensor cpu_rng;                            // the default CPU generator's state
   at::Tensor cuda_rng;                           // the default CUDA generator's, if any

@@ -45,8 +45,11 @@ void ProgressDisplay::step(int64_t step, const std::string& task, double loss, i
   const Clock::time_point now = Clock::now();
   const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
   if (since_draw < 0.25 && step != total_steps_) return;
-  if (last_draw_ != Clock::time_point{} && since_draw > 0) {
-    const double rate = tokens_since_draw_ / since_draw;
+  // The first line measures from the start.
+  const double window = std::chrono::duration<double>(
+      now - (last_draw_ == Clock::time_point{} ? start_ : last_draw_)).count();
+  if (window > 0) {
+    const double rate = tokens_since_draw_ / window;
     smoothed_tokens_per_second_ =
         smoothed_tokens_per_second_ > 0 ? 0.7 * smoothed_tokens_per_second_ + 0.3 * rate : rate;
   }

@@ -109,12 +109,30 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
     checkpoint = checkpoints.back().path;
   } else if (!options.resume.empty()) {
     checkpoint = options.resume;
+    // A bare folder name is looked up under the workdir's checkpoints.
+    const fs::path under_workdir = workdir / "checkpoints" / options.resume;
+    if (!fs::exists(checkpoint) && fs::is_directory(under_workdir)) checkpoint = under_workdir.string();
+    IMP_REQUIRE(ConfigError, fs::is_directory(checkpoint), "--resume: checkpoint folder ", options.resume,
+                " not found; pass a folder under ", (workdir / "checkpoints").string(),
+                " or --resume alone for the newest");
   } else if (!list_checkpoints(config.workdir).empty()) {
     IMP_REQUIRE(ConfigError, options.overwrite, "workdir ", config.workdir,
                 " holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to ",
                 "start again there (deleting them), or choose another --workdir");
     fs::remove_all(workdir / "checkpoints");
   }
+  // Check the files named on the command line before anything is loaded or
+  // written: a typo should fail at once and leave the workdir as it was.
+  if (!checkpoint.empty()) {
+    for (const char* file : {"model.safetensors", "training_state.safetensors"}) {
+      const fs::path path = fs::path(checkpoint) / file;
+      IMP_REQUIRE(DataError, fs::exists(path), "checkpoint ", checkpoint, " has no ", file,
+                  "; it is incomplete, resume from an older one");
+      load_safetensors(path.string());
+    }
+  }
+  if (!options.init_from.empty()) load_safetensors(resolve_weights_file(options.init_from));
+
   fs::create_directories(workdir);
   Config run_config = config;
   if (!checkpoint.empty() && run_config.tokenizer.model.empty() &&
@@ -149,9 +167,13 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
     return metrics;
   });
   TrainSummary summary = trainer.train();
-  std::printf("trained %lld steps in %.1f s (%.1f%% waiting for data)\n",
-              static_cast<long long>(summary.steps), summary.train_seconds,
-              100.0 * summary.data_wait_seconds / std::max(1e-9, summary.train_seconds));
+  std::printf("trained %lld step%s in %.1f s (%.1f%% waiting for data)", static_cast<long long>(summary.steps),
+              summary.steps == 1 ? "" : "s", summary.session_seconds,
+              100.0 * summary.data_wait_seconds / std::max(1e-9, summary.session_seconds));
+  if (trainer.start_step() > 0) {
+    std::printf("; %.1f s of training since step 0, over all sessions", summary.train_seconds);
+  }
+  std::printf("\n");
   print_signatures(summary.signatures);
   write_signatures(workdir / "signatures.json", summary.signatures);
   for (const auto& [name, data] : trainer.datasets()) {
@@ -191,6 +213,7 @@ Config load_run_config(const std::string& dir_name, const std::vector<std::strin
   const fs::path config_path = dir / "config.yaml";
   IMP_REQUIRE(ConfigError, !fs::exists(dir) || fs::is_directory(dir), dir_name,
               " is a file, not a run directory; pass the --workdir of an `imp train` run");
+  IMP_REQUIRE(ConfigError, fs::exists(dir), dir_name, " not found; pass the --workdir of an `imp train` run");
   IMP_REQUIRE(ConfigError, fs::exists(config_path), "no config.yaml in ", dir_name,
               "; pass the --workdir of an `imp train` run or a checkpoint folder");
   std::vector<std::string> all_overrides = overrides;
@@ -211,8 +234,9 @@ Config config_for_weights(const std::string& weights, const std::string& config_
     // A run directory's config names the run's workdir; keep it.
     return config;
   }
-  throw ConfigError(str_cat("no config.yaml beside ", weights, "; pass the config it was trained with ",
-                            "(imp eval CONFIG --weights ", weights, ")"));
+  throw ConfigError(str_cat("no config.yaml beside ", weights, "; pass the config it was trained with: ",
+                            "imp eval CONFIG --weights ", weights, ", or --config CONFIG for imp embed ",
+                            "and imp classify"));
 }
 
 std::map<std::string, double> run_eval(const std::string& weights, const Config& config) {
@@ -226,11 +250,14 @@ std::map<std::string, double> run_eval(const std::string& weights, const Config&
   for (const auto& [name, value] : evaluate(loaded.model, config, loaded.tokenizer, loaded.device)) {
     metrics[name] = value;
   }
+  print_results(metrics);
   if (folder) {
     write_metrics(eval_path, metrics);
     std::printf("wrote %s\n", eval_path.c_str());
+  } else {
+    std::printf("(no eval.json written: the results are kept only for a run directory or "
+                "checkpoint folder)\n");
   }
-  print_results(metrics);
   return metrics;
 }
 

@@ -303,6 +303,7 @@ void Trainer::resume(const std::string& checkpoint) {
   }
   restore_rng(state);
   start_step_ = state.step;
+  resumed_seconds_ = state.train_seconds;
 
   // The sampler is replayed up to the checkpoint (round robin keeps state);
   // each task goes on from its saved batch position.
@@ -392,12 +393,20 @@ TrainSummary Trainer::train() {
   std::fflush(stdout);
   model_->train();
 
+  const auto start = Clock::now();
+  Clock::duration eval_duration{0};
+  // Training time of the whole run: earlier sessions' (when resumed) plus
+  // this one's, evaluations left out.
+  auto training_seconds = [&] {
+    return resumed_seconds_ + std::chrono::duration<double>(Clock::now() - start - eval_duration).count();
+  };
   auto write_checkpoint = [&](int64_t step) {
     TrainingState state;
     state.step = step;
     state.total_steps = train.steps;
     for (size_t t = 0; t < tasks_.size(); ++t) state.task_batches[tasks_[t]->name()] = batches[t];
     state.routing = model_->routing_stats().to_json();
+    state.train_seconds = training_seconds();
     capture_rng(state);
     return save_checkpoint(config_.workdir, model_, *optimizer_, state, config_yaml, tokenizer_path_,
                            train.keep_checkpoints);
@@ -407,8 +416,6 @@ TrainSummary Trainer::train() {
   TrainSummary summary;
   Interval interval;
   RoutingSnapshot routing_before = snapshot(model_->routing_stats());
-  const auto start = Clock::now();
-  Clock::duration eval_duration{0};
   std::map<std::string, std::vector<double>> signature_times;         // step times in ms
   std::vector<std::pair<std::string, std::string>> signature_order;  // signature, first task
   for (int64_t s = start_step_; s < train.steps; ++s) {
@@ -459,7 +466,7 @@ TrainSummary Trainer::train() {
       const nlohmann::json metrics = {
           {"step", done},
           {"total_steps", train.steps},
-          {"wall_s", std::chrono::duration<double>(Clock::now() - start).count()},
+          {"wall_s", training_seconds()},
           {"lr", result.lr},
           {"loss", losses},
           {"steps", counts},
@@ -538,7 +545,8 @@ TrainSummary Trainer::train() {
     summary.signatures.push_back(cost);
   }
   summary.steps = train.steps - start_step_;
-  summary.train_seconds = std::chrono::duration<double>(Clock::now() - start - eval_duration).count();
+  summary.train_seconds = training_seconds();
+  summary.session_seconds = summary.train_seconds - resumed_seconds_;
   return summary;
 }
 

@@ -39,7 +39,8 @@ std::string task_signature(const TaskConfig& task, const Batch& batch);
 struct TrainSummary {
   int64_t steps = 0;
   std::vector<SignatureCost> signatures;  // in order of first appearance
-  double train_seconds = 0.0;       // wall time of the step loop, evaluations excluded
+  double train_seconds = 0.0;       // training time since step 0, over resumes; evaluations excluded
+  double session_seconds = 0.0;     // the part of it this process spent
   double data_wait_seconds = 0.0;   // part of it spent waiting for batches
   int64_t tokens = 0;               // encoder tokens processed
   std::map<std::string, int64_t> steps_per_task;
@@ -118,6 +119,7 @@ class Trainer {
   std::unique_ptr<TaskSampler> sampler_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   int64_t start_step_ = 0;
+  double resumed_seconds_ = 0.0;  // training time before the resumed checkpoint
   std::vector<int64_t> first_batches_;  // per task: the batch index to train on next
   EvalHook eval_hook_;
 };
