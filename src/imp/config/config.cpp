@@ -164,6 +164,7 @@ void visit_fields(Visitor& v, TrainConfig& c) {
   v("keep_checkpoints", c.keep_checkpoints);
   v("progress", c.progress);
   v("tensorboard", c.tensorboard);
+  v("collective_timeout", c.collective_timeout);
   v("optimizer", c.optimizer);
 }
 
@@ -1085,6 +1086,7 @@ void validate_train(const Context& ctx, const TrainConfig& train) {
   check_non_negative(ctx, "train.checkpoint_every", train.checkpoint_every);
   check_positive(ctx, "train.keep_checkpoints", train.keep_checkpoints);
   check_one_of(ctx, "train.progress", train.progress, {"auto", "live", "lines"});
+  check_positive(ctx, "train.collective_timeout", train.collective_timeout);
   validate_optimizer(ctx, train.optimizer);
 }
 

@@ -204,6 +204,7 @@ struct TrainConfig {
   int keep_checkpoints = 3;        // newest checkpoints kept under <workdir>/checkpoints
   std::string progress = "auto";   // live (one updating line), lines, or auto (live on a terminal)
   bool tensorboard = true;         // TensorBoard event files in <workdir>/tensorboard
+  int collective_timeout = 1800;   // seconds a rank waits for the others in a multi-process run
   OptimizerConfig optimizer;
 };
 

@@ -123,8 +123,27 @@ bool Task::needs_caption() const {
              config_.modalities.end();
 }
 
-Batch Task::make_batch(int64_t batch_index) const {
+void Task::set_shard(int rank, int world_size) {
+  IMP_REQUIRE(ConfigError, world_size >= 1 && rank >= 0 && rank < world_size, "rank ", rank,
+              " is outside a world of ", world_size, " processes");
+  IMP_REQUIRE(ConfigError, config_.batch_size >= world_size, "tasks.", config_.name, ".batch_size (",
+              config_.batch_size, ") is smaller than the ", world_size,
+              " processes that share each batch; raise it to at least ", world_size);
+  shard_rank_ = rank;
+  shard_world_ = world_size;
+}
+
+std::pair<int64_t, int64_t> Task::shard_rows() const {
   const int64_t B = config_.batch_size;
+  return {shard_rank_ * B / shard_world_, (shard_rank_ + 1) * B / shard_world_};
+}
+
+Batch Task::make_batch(int64_t batch_index) const {
+  // Positions stay those of the whole batch: only the rows this rank owns
+  // are built.
+  const int64_t whole = config_.batch_size;
+  const auto [first_row, end_row] = shard_rows();
+  const int64_t B = end_row - first_row;
   std::vector<int64_t> indices(B);
   std::vector<uint64_t> draws(B);
   Batch batch;
@@ -136,7 +155,7 @@ Batch Task::make_batch(int64_t batch_index) const {
   SampleFailures* failures = data_->failures();
   if (failures == nullptr) {
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t position = batch_index * B + b;  // in the endless stream of epochs
+      const int64_t position = batch_index * whole + first_row + b;  // in the endless stream of epochs
       indices[b] = example_at(position);
       draws[b] = draw_at(position);
     }
@@ -149,7 +168,7 @@ Batch Task::make_batch(int64_t batch_index) const {
     // that the batch stays a function of batch_index alone.
     std::map<std::string, std::vector<at::Tensor>> rows;
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t position = batch_index * B + b;
+      const int64_t position = batch_index * whole + first_row + b;
       for (int64_t attempt = 0;; ++attempt) {
         IMP_REQUIRE(TrainingError, attempt < kMaxAttempts, "task '", name(), "': ", kMaxAttempts,
                     " examples in a row failed for one batch slot; ", failures->summary());

@@ -58,6 +58,13 @@ class Task {
   // stay a whole number of. The default is VisionConfig's.
   void set_vision_patch(std::array<int, 3> patch);
 
+  // Data parallelism: make_batch builds only this rank's rows of each
+  // batch of batch_size rows (rows [rank * B / world, (rank + 1) * B /
+  // world)), so that the ranks' rows together are the one-process batch.
+  void set_shard(int rank, int world_size);
+  // Rows [begin, end) of every batch that this rank builds.
+  std::pair<int64_t, int64_t> shard_rows() const;
+
  protected:
   // Fills task-specific inputs for the examples at `indices` (with their
   // per-example random numbers `draws`) after the other inputs and labels.
@@ -69,6 +76,8 @@ class Task {
   int label_set_ = 0;
 
  private:
+  int shard_rank_ = 0;
+  int shard_world_ = 1;
   // Example order of epoch `epoch`, fresh for every epoch (Dataset::epoch_order).
   std::shared_ptr<const std::vector<int64_t>> epoch_order(int64_t epoch) const;
   // The example and the random draw at `position` of the endless stream of

@@ -1,5 +1,6 @@
 #include "imp/train/run.h"
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,8 @@
 #include "imp/core/error.h"
 #include "imp/core/threads.h"
 #include "imp/eval/evaluator.h"
+#include "imp/dist/environment.h"
+#include "imp/dist/process_group.h"
 #include "imp/infer/inference.h"
 #include "imp/io/safetensors.h"
 #include "imp/train/checkpoint.h"
@@ -102,6 +105,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   IMP_REQUIRE(ConfigError, options.resume.empty() || options.init_from.empty(),
               "--resume and --init-from exclude each other: a resumed run already has its weights");
   std::string checkpoint;
+  bool overwrite_checkpoints = false;
   if (options.resume == "latest") {
     const std::vector<CheckpointInfo> checkpoints = list_checkpoints(config.workdir);
     IMP_REQUIRE(ConfigError, !checkpoints.empty(), "--resume: no checkpoint in ",
@@ -119,7 +123,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
     IMP_REQUIRE(ConfigError, options.overwrite, "workdir ", config.workdir,
                 " holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to ",
                 "start again there (deleting them), or choose another --workdir");
-    fs::remove_all(workdir / "checkpoints");
+    overwrite_checkpoints = true;
   }
   // Check the files named on the command line before anything is loaded or
   // written: a typo should fail at once and leave the workdir as it was.
@@ -133,17 +137,36 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   }
   if (!options.init_from.empty()) load_safetensors(resolve_weights_file(options.init_from));
 
-  fs::create_directories(workdir);
+  // Several processes (torchrun, srun, mpirun): one process group, and
+  // rank 0 writes the run's files.
+  const dist::LaunchEnvironment launch = dist::detect_launch_environment();
+  std::shared_ptr<dist::ProcessGroup> group;
+  if (launch.world_size > 1) {
+    dist::ProcessGroupOptions group_options;
+    group_options.timeout = std::chrono::seconds(config.train.collective_timeout);
+    group = std::make_shared<dist::ProcessGroup>(launch, group_options);
+    std::printf("distributed: %s\n", launch.describe().c_str());
+  }
+  const bool primary = group == nullptr || group->rank() == 0;
+
+  if (primary) {
+    fs::create_directories(workdir);
+    if (overwrite_checkpoints) fs::remove_all(workdir / "checkpoints");
+  }
   Config run_config = config;
   if (!checkpoint.empty() && run_config.tokenizer.model.empty() &&
       fs::exists(fs::path(checkpoint) / "tokenizer.model")) {
-    // The tokenizer the checkpoint was trained with, copied out of the
-    // checkpoint, which a later one may replace.
-    fs::copy_file(fs::path(checkpoint) / "tokenizer.model", workdir / "tokenizer.model",
-                  fs::copy_options::overwrite_existing);
-    run_config.tokenizer.model = (workdir / "tokenizer.model").string();
+    // The tokenizer the checkpoint was trained with, read from the
+    // checkpoint (rank 0 keeps a copy beside config.yaml, since a later
+    // checkpoint may replace this one).
+    run_config.tokenizer.model = (fs::path(checkpoint) / "tokenizer.model").string();
+    if (primary) {
+      fs::copy_file(fs::path(checkpoint) / "tokenizer.model", workdir / "tokenizer.model",
+                    fs::copy_options::overwrite_existing);
+      run_config.tokenizer.model = (workdir / "tokenizer.model").string();
+    }
   }
-  write_file_atomically(workdir / "config.yaml", to_yaml(run_config));
+  if (primary) write_file_atomically(workdir / "config.yaml", to_yaml(run_config));
 
   // Read the test splits now: a broken file should stop the run before
   // training, not after it.
@@ -159,6 +182,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   std::printf("threads: %s\n", thread_settings().c_str());
   if (!checkpoint.empty()) trainer.resume(checkpoint);
   if (!options.init_from.empty()) trainer.init_from(options.init_from);
+  if (group) trainer.set_process_group(group);
   trainer.set_eval_hook([&](int64_t step) {
     std::printf("evaluating at step %lld\n", static_cast<long long>(step));
     std::map<std::string, double> metrics =
@@ -174,6 +198,11 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
     std::printf("; %.1f s of training since step 0, over all sessions", summary.train_seconds);
   }
   std::printf("\n");
+  if (!primary) {
+    // Rank 0 saves the weights and evaluates them.
+    std::printf("rank %d of %d: done\n", group->rank(), group->world_size());
+    return {};
+  }
   print_signatures(summary.signatures);
   write_signatures(workdir / "signatures.json", summary.signatures);
   for (const auto& [name, data] : trainer.datasets()) {

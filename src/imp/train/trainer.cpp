@@ -17,6 +17,8 @@
 #include "imp/core/random.h"
 #include "imp/core/threads.h"
 #include "imp/data/captions.h"
+#include "imp/dist/collectives.h"
+#include "imp/dist/process_group.h"
 #include "imp/tasks/variants.h"
 #include "imp/train/checkpoint.h"
 #include "imp/train/lr_schedule.h"
@@ -291,6 +293,31 @@ void truncate_log_after(const std::string& path, int64_t step) {
   fs::rename(temporary, path);
 }
 
+Trainer::~Trainer() = default;
+
+bool Trainer::is_primary() const { return group_ == nullptr || group_->rank() == 0; }
+
+void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
+  for (const auto& task : tasks_) {
+    // NOTE: contrastive losses need every rank's embeddings (a gathered
+    // similarity matrix and global positive groups), which is not built yet.
+    IMP_REQUIRE(ConfigError, task->config().objective != "nce", "task '", task->name(),
+                "': nce tasks cannot run in several processes yet; train them in one process, or "
+                "leave them out of a multi-process run");
+    task->set_shard(group->rank(), group->world_size());
+  }
+  // Every rank starts from rank 0's weights.
+  {
+    torch::NoGradGuard no_grad;
+    for (torch::Tensor& parameter : model_->parameters()) {
+      at::Tensor data = parameter.detach();
+      group->broadcast(data, 0);
+    }
+  }
+  reducer_ = std::make_unique<dist::GradientReducer>(*group, model_->parameters());
+  group_ = std::move(group);
+}
+
 void Trainer::resume(const std::string& checkpoint) {
   const TrainingState state = load_checkpoint(checkpoint, model_, *optimizer_);
   IMP_REQUIRE(DataError, state.step <= config_.train.steps, "checkpoint ", checkpoint, " is at step ",
@@ -352,7 +379,19 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
     AutocastScope autocast(device_.type(), config_.train.dtype == "bf16");
     result.output = task.compute_loss(model_, to_device(batch, device_));
   }
-  result.loss = result.output.loss.item<double>();
+  if (group_) {
+    // Each rank's mean loss weighs in by its share of the batch's rows, so
+    // that averaging the ranks' gradients gives the whole batch's mean, also
+    // when the rows do not split evenly. The loss logged is that mean.
+    const double world = group_->world_size();
+    const double share = static_cast<double>(batch.size()) / task.config().batch_size;
+    result.output.loss = result.output.loss * (world * share);
+    std::vector<at::Tensor> total{result.output.loss.detach().to(at::kCPU, at::kDouble).reshape({1})};
+    group_->all_reduce_sum(total);
+    result.loss = total[0].item<double>() / world;
+  } else {
+    result.loss = result.output.loss.item<double>();
+  }
   if (!std::isfinite(result.loss)) {
     throw TrainingError(str_cat("step ", step_index, ", task '", task.name(), "': the loss is ",
                                 result.loss, "; training stopped. Lower train.optimizer.lr, raise "
@@ -360,6 +399,21 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
                                 "train.optimizer.clip_grad_norm"));
   }
   result.output.loss.backward();
+  if (group_) {
+    // A parameter no rank's pass reached keeps no gradient, as in one
+    // process, so AdamW leaves it alone; the ranks agree through one sum.
+    std::vector<torch::Tensor> parameters = model_->parameters();
+    at::Tensor reached = at::zeros({static_cast<int64_t>(parameters.size())}, at::kInt);
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      reached[static_cast<int64_t>(i)] = parameters[i].grad().defined() ? 1 : 0;
+    }
+    std::vector<at::Tensor> counts{reached};
+    group_->all_reduce_sum(counts);
+    reducer_->reduce();
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      if (counts[0][static_cast<int64_t>(i)].item<int>() == 0) parameters[i].mutable_grad().reset();
+    }
+  }
 
   const double max_norm = config_.train.optimizer.clip_grad_norm;
   result.grad_norm = torch::nn::utils::clip_grad_norm_(
@@ -372,11 +426,17 @@ TrainSummary Trainer::train() {
   const TrainConfig& train = config_.train;
   const fs::path workdir(config_.workdir);
   fs::create_directories(workdir);
-  std::ofstream log_file = open_log(workdir / "train_log.jsonl", start_step_);
-  std::ofstream metrics_file = open_log(workdir / "metrics.jsonl", start_step_);
-  std::ofstream evals_file = open_log(workdir / "evals.jsonl", start_step_);
+  // Only the primary process writes the run's files; the streams of the
+  // others stay closed, and writes to them do nothing.
+  const bool primary = is_primary();
+  std::ofstream log_file, metrics_file, evals_file;
   std::unique_ptr<EventWriter> events;
-  if (train.tensorboard) events = std::make_unique<EventWriter>((workdir / "tensorboard").string());
+  if (primary) {
+    log_file = open_log(workdir / "train_log.jsonl", start_step_);
+    metrics_file = open_log(workdir / "metrics.jsonl", start_step_);
+    evals_file = open_log(workdir / "evals.jsonl", start_step_);
+    if (train.tensorboard) events = std::make_unique<EventWriter>((workdir / "tensorboard").string());
+  }
   const std::string config_yaml = to_yaml(config_);
 
   std::vector<const Task*> task_list;
@@ -412,7 +472,7 @@ TrainSummary Trainer::train() {
                            train.keep_checkpoints);
   };
 
-  ProgressDisplay progress(train.progress, start_step_, train.steps);
+  ProgressDisplay progress(primary ? train.progress : "lines", start_step_, train.steps);
   TrainSummary summary;
   Interval interval;
   RoutingSnapshot routing_before = snapshot(model_->routing_stats());
@@ -451,7 +511,7 @@ TrainSummary Trainer::train() {
                              {"data_wait_s", waited}};
     for (const auto& [metric, value] : result.output.metrics) record[metric] = value;
     log_file << record.dump() << '\n';
-    progress.step(s + 1, task_name, result.loss, result.output.tokens);
+    if (primary) progress.step(s + 1, task_name, result.loss, result.output.tokens);
 
     const int64_t done = s + 1;
     if (done % train.log_every == 0 || done == train.steps) {
@@ -493,12 +553,14 @@ TrainSummary Trainer::train() {
         }
         events->flush();
       }
-      progress.print_line(log_line(done, train.steps, interval, result.lr, progress.seconds_left(done)));
+      if (primary) {
+        progress.print_line(log_line(done, train.steps, interval, result.lr, progress.seconds_left(done)));
+      }
       routing_before = routing_now;
       interval = Interval();
     }
 
-    if (eval_hook_ && config_.eval.every > 0 && done % config_.eval.every == 0 && done < train.steps) {
+    if (primary && eval_hook_ && config_.eval.every > 0 && done % config_.eval.every == 0 && done < train.steps) {
       progress.finish();
       // Evaluation must not move the random generators: a resumed run that
       // evaluates at other steps would otherwise draw other tokens to drop.
@@ -520,7 +582,7 @@ TrainSummary Trainer::train() {
         events->flush();
       }
     }
-    if (done == train.steps || (train.checkpoint_every > 0 && done % train.checkpoint_every == 0)) {
+    if (primary && (done == train.steps || (train.checkpoint_every > 0 && done % train.checkpoint_every == 0))) {
       const auto saving = Clock::now();
       const std::string path = write_checkpoint(done);
       char line[512];

@@ -20,10 +20,16 @@
 
 namespace imp {
 
+namespace dist {
+class ProcessGroup;
+class GradientReducer;
+}  // namespace dist
+
 // The cost of one task signature: everything that fixes a step's shapes and
 // code path (the objective and classifier head, each modality's input
-// shape, DropToken and rematerialisation). Its first step pays for one-time work (allocations,
-// kernel selection and, on CUDA, graph capture); later steps reuse it.
+// shape, DropToken and rematerialisation). Its first step pays for one-time
+// work (allocations, kernel selection and, on CUDA, graph capture); later
+// steps reuse it.
 struct SignatureCost {
   std::string signature;
   std::string task;               // the task that first produced it
@@ -66,6 +72,16 @@ class Trainer {
  public:
   // Loads data, prepares the tokenizer and builds the model, tasks and optimizer.
   explicit Trainer(Config config);
+  ~Trainer();
+
+  // Data-parallel training with the other processes of `group`: every task
+  // builds only this rank's rows of each batch, the weights start as rank
+  // 0's, gradients are averaged over the ranks after each backward pass,
+  // and only rank 0 writes logs and checkpoints and calls the eval hook.
+  // Throws ConfigError for a task that cannot run data-parallel yet.
+  void set_process_group(std::shared_ptr<dist::ProcessGroup> group);
+  // Whether this process writes the run's files: rank 0, or the only one.
+  bool is_primary() const;
 
   // Continues from a checkpoint folder (train/checkpoint.h): weights,
   // optimizer moments, random generators, the step and every task's batch
@@ -122,6 +138,8 @@ class Trainer {
   double resumed_seconds_ = 0.0;  // training time before the resumed checkpoint
   std::vector<int64_t> first_batches_;  // per task: the batch index to train on next
   EvalHook eval_hook_;
+  std::shared_ptr<dist::ProcessGroup> group_;
+  std::unique_ptr<dist::GradientReducer> reducer_;
 };
 
 // Drops the records of a JSON Lines log whose "step" is above `step`, so that
