@@ -386,9 +386,14 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
     const double world = group_->world_size();
     const double share = static_cast<double>(batch.size()) / task.config().batch_size;
     result.output.loss = result.output.loss * (world * share);
-    std::vector<at::Tensor> total{result.output.loss.detach().to(at::kCPU, at::kDouble).reshape({1})};
+    // One sum for the logs: the loss, and the tokens of all ranks.
+    at::Tensor sums = at::zeros({2}, at::kDouble);
+    sums[0] = result.output.loss.detach().to(at::kCPU, at::kDouble).reshape({});
+    sums[1] = static_cast<double>(result.output.tokens);
+    std::vector<at::Tensor> total{sums};
     group_->all_reduce_sum(total);
-    result.loss = total[0].item<double>() / world;
+    result.loss = total[0][0].item<double>() / world;
+    result.output.tokens = static_cast<int64_t>(total[0][1].item<double>());
   } else {
     result.loss = result.output.loss.item<double>();
   }
@@ -499,7 +504,8 @@ TrainSummary Trainer::train() {
     summary.data_wait_seconds += waited;
     interval.steps += 1;
     interval.tokens += result.output.tokens;
-    interval.examples += batch.size();
+    // Examples of the whole batch, over all ranks.
+    interval.examples += group_ ? tasks_[task_index]->config().batch_size : batch.size();
     interval.data_wait += waited;
     auto& [loss_sum, loss_count] = interval.loss[task_name];
     loss_sum += result.loss;
