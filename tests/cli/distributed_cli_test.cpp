@@ -90,7 +90,7 @@ std::string read_text(const fs::path& path) {
 // Classification of the colour shards, with a batch of 7 rows, which two
 // processes split 3 + 4. Routing groups of one image (4 tokens) make the
 // experts' choices the same whichever process an image is in.
-fs::path write_config(const fs::path& dir, const std::string& name) {
+fs::path write_config(const fs::path& dir, const std::string& name, const std::string& train_extra = "") {
   const fs::path path = dir / (name + ".yaml");
   std::ofstream(path) << "workdir: " << (dir / name).string() << "\n"
       << "cache_dir: " << (dir / "cache").string() << "\n"
@@ -102,6 +102,7 @@ fs::path write_config(const fs::path& dir, const std::string& name) {
       << "tasks:\n"
       << "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 7}\n"
       << "train: {steps: 6, log_every: 3, workers: 1, dtype: fp32, progress: lines, tensorboard: false,"
+      << train_extra
       << " optimizer: {lr: 0.003, warmup_steps: 2}}\n"
       << "eval: {linear_probe_examples: 20, linear_probe_steps: 5}\n";
   return path;
@@ -158,6 +159,43 @@ TEST(DataParallel, TwoProcessesEqualOneOnTheWholeBatch) {
   for (size_t i = 0; i < single.size(); ++i) {
     EXPECT_NEAR(pair[i]["loss"].get<double>(), single[i]["loss"].get<double>(), 1e-5) << "step " << i + 1;
   }
+}
+
+TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
+  ScratchDir scratch("imp_data_parallel_lost");
+  const fs::path dir(scratch.path());
+  write_colour_shards(dir);
+  // Long enough to be killed in the middle; a short collective timeout.
+  const fs::path config =
+      write_config(dir, "run", " collective_timeout: 5, checkpoint_every: 0,");
+  const int port = free_port();
+  ASSERT_GT(port, 0);
+  std::vector<pid_t> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    ranks.push_back(spawn_with_environment(
+        {"train", config.string(), "--set", "train.steps=100000"},
+        {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank), "WORLD_SIZE=2",
+         "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
+        dir / ("rank" + std::to_string(rank) + ".log")));
+    ASSERT_GT(ranks.back(), 0);
+  }
+  // Kill rank 1 once rank 0 has logged training steps.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (read_text(dir / "rank0.log").find("step ") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(ranks[1], SIGKILL);
+  int status = 0;
+  waitpid(ranks[1], &status, 0);
+  const auto killed = std::chrono::steady_clock::now();
+  const int exit_status = wait_for(ranks[0], std::chrono::seconds(60));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  const std::string log = read_text(dir / "rank0.log");
+  EXPECT_NE(exit_status, 0) << log;
+  EXPECT_NE(exit_status, -1) << "rank 0 did not stop within 60 s\n" << log;
+  EXPECT_LT(seconds, 30.0) << log;
+  EXPECT_NE(log.find("rank 1 of 2"), std::string::npos) << log;
 }
 
 }  // namespace
