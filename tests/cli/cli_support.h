@@ -2,6 +2,8 @@
 // as a user runs it.
 #pragma once
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -13,9 +15,12 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "../scratch_dir.h"
 #include "imp/io/tar_shard.h"
+
+extern char** environ;
 
 namespace imp {
 namespace testing {
@@ -64,6 +69,44 @@ inline void write_colour_shards(const std::filesystem::path& dir) {
     }
     writer.close();
   }
+}
+
+// The whole content of a file.
+inline std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The records of a JSON Lines file.
+inline std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path) {
+  std::vector<nlohmann::json> records;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  return records;
+}
+
+// Starts `imp ARGUMENTS` with `extra` ("NAME=value" entries) added to the
+// environment and its output in `log`. Returns its process id, or -1.
+inline pid_t spawn_imp(const std::vector<std::string>& arguments, const std::vector<std::string>& extra,
+                       const std::filesystem::path& log) {
+  std::vector<std::string> all{IMP_CLI_PATH};
+  all.insert(all.end(), arguments.begin(), arguments.end());
+  std::vector<char*> argv;
+  for (std::string& argument : all) argv.push_back(argument.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> variables(extra);
+  for (char** entry = environ; *entry != nullptr; ++entry) variables.emplace_back(*entry);
+  std::vector<char*> envp;
+  for (std::string& variable : variables) envp.push_back(variable.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = -1;
+  const int status = posix_spawn(&pid, IMP_CLI_PATH, &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  return status == 0 ? pid : -1;
 }
 
 }  // namespace testing

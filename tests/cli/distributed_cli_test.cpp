@@ -19,13 +19,14 @@
 #include "cli_support.h"
 #include "imp/io/safetensors.h"
 
-extern char** environ;
-
 namespace {
 
 namespace fs = std::filesystem;
 using imp::testing::Result;
+using imp::testing::read_jsonl;
+using imp::testing::read_text;
 using imp::testing::run_imp;
+using imp::testing::spawn_imp;
 using imp::testing::ScratchDir;
 using imp::testing::write_colour_shards;
 
@@ -46,29 +47,6 @@ int free_port() {
   return ntohs(address.sin_port);
 }
 
-// Starts `imp ARGUMENTS` with `extra` added to the environment; output goes to `log`.
-pid_t spawn_with_environment(const std::vector<std::string>& arguments,
-                             const std::vector<std::string>& extra, const fs::path& log) {
-  std::vector<std::string> all{IMP_CLI_PATH};
-  all.insert(all.end(), arguments.begin(), arguments.end());
-  std::vector<char*> argv;
-  for (std::string& argument : all) argv.push_back(argument.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> variables(extra);
-  for (char** entry = environ; *entry != nullptr; ++entry) variables.emplace_back(*entry);
-  std::vector<char*> envp;
-  for (std::string& variable : variables) envp.push_back(variable.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = -1;
-  const int status = posix_spawn(&pid, IMP_CLI_PATH, &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  return status == 0 ? pid : -1;
-}
-
 // Waits for `pid` up to `limit`; kills it past that. Returns its exit status, or -1.
 int wait_for(pid_t pid, std::chrono::seconds limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
@@ -80,11 +58,6 @@ int wait_for(pid_t pid, std::chrono::seconds limit) {
   kill(pid, SIGKILL);
   waitpid(pid, &status, 0);
   return -1;
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 // Classification of the colour shards, with a batch of 7 rows, which two
@@ -108,13 +81,6 @@ fs::path write_config(const fs::path& dir, const std::string& name, const std::s
   return path;
 }
 
-std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
-
 TEST(DataParallel, TwoProcessesEqualOneOnTheWholeBatch) {
   ScratchDir scratch("imp_data_parallel");
   const fs::path dir(scratch.path());
@@ -127,7 +93,7 @@ TEST(DataParallel, TwoProcessesEqualOneOnTheWholeBatch) {
   ASSERT_GT(port, 0);
   std::vector<pid_t> ranks;
   for (int rank = 0; rank < 2; ++rank) {
-    ranks.push_back(spawn_with_environment(
+    ranks.push_back(spawn_imp(
         {"train", config.string()},
         {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank), "WORLD_SIZE=2",
          "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
@@ -172,7 +138,7 @@ TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
   ASSERT_GT(port, 0);
   std::vector<pid_t> ranks;
   for (int rank = 0; rank < 2; ++rank) {
-    ranks.push_back(spawn_with_environment(
+    ranks.push_back(spawn_imp(
         {"train", config.string(), "--set", "train.steps=100000"},
         {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank), "WORLD_SIZE=2",
          "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},

@@ -20,27 +20,16 @@
 #include "imp/io/safetensors.h"
 #include "imp/train/tensorboard.h"
 
-extern char** environ;
-
 namespace {
 
 namespace fs = std::filesystem;
 using imp::testing::Result;
+using imp::testing::read_jsonl;
+using imp::testing::read_text;
 using imp::testing::run_imp;
+using imp::testing::spawn_imp;
 using imp::testing::ScratchDir;
 using imp::testing::write_colour_shards;
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-std::vector<nlohmann::json> read_jsonl(const fs::path& path) {
-  std::vector<nlohmann::json> records;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
 
 // A config over the colour shards in `dir`, training into `workdir`.
 fs::path write_colour_config(const fs::path& dir, const fs::path& workdir, const std::string& train) {
@@ -311,23 +300,6 @@ TEST(Lifecycle, ResumeEqualsAnUninterruptedRun) {
   EXPECT_EQ(both.status, 2) << both.output;
 }
 
-// Starts `imp ARGUMENTS` and returns its process id.
-pid_t spawn_imp(const std::vector<std::string>& arguments, const fs::path& log) {
-  std::vector<std::string> all{IMP_CLI_PATH};
-  all.insert(all.end(), arguments.begin(), arguments.end());
-  std::vector<char*> argv;
-  for (std::string& argument : all) argv.push_back(argument.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = -1;
-  const int status = posix_spawn(&pid, IMP_CLI_PATH, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return status == 0 ? pid : -1;
-}
-
 bool writing_checkpoint(const fs::path& checkpoints) {
   std::error_code error;
   for (fs::directory_iterator it(checkpoints, error), end; !error && it != end; it.increment(error)) {
@@ -355,7 +327,7 @@ TEST(Lifecycle, SigkillWhileCheckpointingLeavesThePreviousOneLoadable) {
   for (int attempt = 0; attempt < 5 && !caught; ++attempt) {
     std::vector<std::string> arguments{"train", config.string()};
     if (attempt > 0) arguments.push_back("--resume");
-    const pid_t pid = spawn_imp(arguments, dir / "train.log");
+    const pid_t pid = spawn_imp(arguments, {}, dir / "train.log");
     ASSERT_GT(pid, 0);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     int status = 0;

@@ -45,7 +45,7 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(ImpModel& model) {
 }
 
 // One AdamW step on an image classification loss, so that the optimizer
-// holds moments for the parameters images reach and none for the others.
+// has moments for the parameters images reach and none for the others.
 void train_step(ImpModel& model, torch::optim::AdamW& optimizer) {
   optimizer.zero_grad();
   torch::Tensor images = torch::randn({3, 1, 1, 16, 16});
@@ -224,7 +224,7 @@ TEST(Checkpoint, MissingAndExtraTensorsAreNamed) {
     EXPECT_NE(std::string(e.what()).find("'encoder.block9.ln1.weight' the model lacks"), std::string::npos)
         << e.what();
   }
-  // Fine-tuning ignores it, and says so.
+  // Fine-tuning ignores it and reports it in a note.
   const std::vector<std::string> notes =
       load_weights(scratch.file("extra.safetensors"), model, WeightMatch::kFineTune);
   ASSERT_EQ(notes.size(), 1u);

@@ -13,7 +13,7 @@ namespace imp {
 uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
 // The masked form TensorBoard stores, so that checksums of data that itself
-// holds checksums do not collide: rotate right by 15 bits, add 0xa282ead8.
+// contains checksums do not collide: rotate right by 15 bits, add 0xa282ead8.
 uint32_t masked_crc32c(const void* data, size_t size);
 
 }  // namespace imp

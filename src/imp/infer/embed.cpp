@@ -57,9 +57,9 @@ class TemporaryFolder {
   fs::path path_;
 };
 
-// Decodes the start of `file` (an image whole; a video's and an audio
-// file's header) so that a bad input is reported under its own path, with
-// the decoder's reason, before any of the inputs is embedded.
+// Decodes an image whole, or a video's or audio file's header. A bad input
+// is then reported under its own path with the decoder's reason, before any
+// input is embedded.
 void check_decodes(const std::string& file, const std::string& modality) {
   std::ifstream in(file, std::ios::binary);
   const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

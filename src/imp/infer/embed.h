@@ -44,8 +44,8 @@ Embeddings embed_inputs(InferenceModel& loaded, const Config& config,
 // Writes a float32 matrix as NumPy's .npy format (version 1.0, C order).
 void write_npy(const std::string& path, const at::Tensor& matrix);
 
-// Writes `embeddings` to `path`: .npy holds the embedding matrix alone;
-// .safetensors holds "embedding" and "pooled" with the inputs and their
+// Writes `embeddings` to `path`: .npy contains the embedding matrix alone;
+// .safetensors contains "embedding" and "pooled" with the inputs and their
 // modalities as JSON lists in the metadata keys "inputs" and "modalities".
 // Throws ConfigError for another extension.
 void write_embeddings(const std::string& path, const Embeddings& embeddings);

@@ -113,7 +113,7 @@ std::map<std::string, at::Tensor> match_weights(const std::string& file, const N
                               " but the model's is ", describe_shape(parameter.sizes()),
                               "; the file is from a different model config"));
     }
-    IMP_REQUIRE(DataError, value.is_floating_point(), "tensor '", name, "' in ", file, " holds ",
+    IMP_REQUIRE(DataError, value.is_floating_point(), "tensor '", name, "' in ", file, " contains ",
                 value.scalar_type(), " values; model weights are floating point");
     result[name] = value;
   }
@@ -345,7 +345,7 @@ std::string resolve_weights_file(const std::string& path) {
   if (!fs::is_directory(given)) return path;
   if (fs::exists(given / kModelFile)) return (given / kModelFile).string();
   const std::vector<CheckpointInfo> checkpoints = list_checkpoints(path);
-  IMP_REQUIRE(DataError, !checkpoints.empty(), path, " holds neither ", kModelFile,
+  IMP_REQUIRE(DataError, !checkpoints.empty(), path, " contains neither ", kModelFile,
               " nor a checkpoint under checkpoints/; pass the run directory of an `imp train` run");
   return (fs::path(checkpoints.back().path) / kModelFile).string();
 }

@@ -16,8 +16,8 @@ struct TrainOptions {
   // Weights to start from (fine-tuning): a .safetensors file, a checkpoint
   // folder or a run directory. The optimizer starts fresh.
   std::string init_from;
-  // Start at step 0 even though the workdir holds checkpoints of another
-  // run; they are deleted. Without it such a start is refused.
+  // Start at step 0 even though the workdir contains checkpoints of
+  // another run, which are deleted. Without it such a start is rejected.
   bool overwrite = false;
 };
 
@@ -35,7 +35,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
 
 // Loads the config of a run directory or checkpoint folder: its config.yaml
 // with `overrides` applied, pointing at its own tokenizer.model. Throws
-// ConfigError when the folder holds no config.yaml.
+// ConfigError when the folder contains no config.yaml.
 Config load_run_config(const std::string& dir, const std::vector<std::string>& overrides);
 
 // The config for weights at `weights` (a run directory, checkpoint folder or

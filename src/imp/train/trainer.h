@@ -74,10 +74,11 @@ class Trainer {
   explicit Trainer(Config config);
   ~Trainer();
 
-  // Data-parallel training with the other processes of `group`: every task
-  // builds only this rank's rows of each batch, the weights start as rank
-  // 0's, gradients are averaged over the ranks after each backward pass,
-  // and only rank 0 writes logs and checkpoints and calls the eval hook.
+  // Sets up data-parallel training with the other processes of `group`.
+  // Every task builds only this rank's rows of each batch, and the weights
+  // start as rank 0's. Gradients are averaged over the ranks after each
+  // backward pass. Only rank 0 writes logs and checkpoints and calls the
+  // eval hook.
   // Throws ConfigError for a task that cannot run data-parallel yet.
   void set_process_group(std::shared_ptr<dist::ProcessGroup> group);
   // Whether this process writes the run's files: rank 0, or the only one.
