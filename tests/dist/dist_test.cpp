@@ -613,6 +613,35 @@ TEST(Distributed, GradientReducerAveragesAndFillsUndefined) {
   }
 }
 
+// Expert parallelism in one MoE layer: outputs and every gradient equal
+// the whole layer's, with uneven batches (3 and 5 examples), and under token
+// choice with each rank's tokens reaching only its own two experts.
+TEST(Distributed, ShardedExpertsMatchWholeLayer) {
+  RUN_SCENARIO(run, "moe_expert_parallel", 2);
+  for (const std::string router : {"experts_choose", "token_choice"}) {
+    for (int rank = 0; rank < 2; ++rank) {
+      const std::string at_rank = router + " on rank " + std::to_string(rank);
+      EXPECT_EQ(read_file(run.file(rank, router + "_local_experts")), rank == 0 ? "2 from 0" : "2 from 2")
+          << at_rank;
+      const WrittenTensor differences = read_tensor(run.file(rank, router + "_differences"));
+      ASSERT_EQ(differences.values.size(), 4u) << at_rank;
+      const char* names[] = {"output", "input gradient", "expert gradients", "router gradient"};
+      for (int i = 0; i < 4; ++i) EXPECT_LT(differences.values[i], 1e-5) << names[i] << ", " << at_rank;
+      EXPECT_EQ(read_file(run.file(rank, router + "_gathered")), "0.000000 4") << at_rank;
+    }
+  }
+  // Token choice: the router's margins (9 and more between the two sides)
+  // keep each rank's tokens on its own side, whatever the random features.
+  for (int rank = 0; rank < 2; ++rank) {
+    const WrittenTensor taken = read_tensor(run.file(rank, "token_choice_tokens_per_expert"));
+    ASSERT_EQ(taken.values.size(), 4u);
+    const double own = rank == 0 ? taken.values[0] + taken.values[1] : taken.values[2] + taken.values[3];
+    const double other = rank == 0 ? taken.values[2] + taken.values[3] : taken.values[0] + taken.values[1];
+    EXPECT_GT(own, 0) << "rank " << rank;
+    EXPECT_EQ(other, 0) << "rank " << rank;
+  }
+}
+
 // Expects the surviving rank to exit with status 3 within `limit` and
 // returns its error message.
 std::string survivor_error(WorkerRun& run, int survivor, std::chrono::milliseconds limit) {

@@ -8,6 +8,7 @@
 // writes rank<R>_error.txt and exits with status 3.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/utils.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +23,7 @@
 #include "imp/dist/collectives.h"
 #include "imp/dist/environment.h"
 #include "imp/dist/process_group.h"
+#include "imp/moe/moe_layer.h"
 
 namespace {
 
@@ -182,6 +184,82 @@ void run_reducer(ProcessGroup& group) {
   model.write("reducer_hooks");
 }
 
+// A MoE layer of 4 experts with its experts sharded over the 2 ranks
+// against the whole layer on every rank, for each router. The batch has 8
+// examples of 3 tokens, one routing group each; rank 0 runs examples 0-2 and
+// rank 1 examples 3-7. Feature 0 is +3 on rank 0's examples and -3 on rank
+// 1's, and the router's weights for that feature send rank 0's tokens to
+// experts 0 and 1 and rank 1's to experts 2 and 3: under token choice the
+// ranks' tokens reach disjoint experts. Writes, per router, the largest
+// differences of the outputs and of every gradient, and the tokens each
+// expert took on this rank.
+void run_moe_expert_parallel(ProcessGroup& group) {
+  const int64_t examples = 8, tokens = 3, d_model = 8, mlp_dim = 16;
+  const int64_t first = rank == 0 ? 0 : 3, count = rank == 0 ? 3 : 5;
+  for (const std::string router : {"experts_choose", "token_choice"}) {
+    imp::MoeConfig config;
+    config.num_experts = 4;
+    config.router = router;
+    config.group_size = tokens;
+    auto make_layer = [&] {
+      torch::manual_seed(11);
+      imp::MoeLayer layer(d_model, mlp_dim, config);
+      torch::NoGradGuard no_grad;
+      layer->router->weight.select(1, 0).copy_(at::tensor({2.0f, 1.5f, -1.5f, -2.0f}));
+      return layer;
+    };
+    torch::manual_seed(12);
+    at::Tensor x = at::randn({examples, tokens, d_model});
+    x.select(2, 0).narrow(0, 0, 3).fill_(3.0);
+    x.select(2, 0).narrow(0, 3, 5).fill_(-3.0);
+    const at::Tensor weights = at::randn({examples, tokens, d_model});
+
+    // The whole layer on the whole batch.
+    imp::MoeLayer whole = make_layer();
+    at::Tensor x_whole = x.clone().requires_grad_(true);
+    at::Tensor y_whole = whole->forward(x_whole).y;
+    (y_whole * weights).sum().backward();
+
+    // The sharded layer on this rank's examples.
+    imp::MoeLayer sharded = make_layer();
+    sharded->shard_experts(group);
+    at::Tensor x_mine = x.narrow(0, first, count).clone().requires_grad_(true);
+    imp::MoeOutput out = sharded->forward(x_mine);
+    (out.y * weights.narrow(0, first, count)).sum().backward();
+
+    auto largest = [](const at::Tensor& a, const at::Tensor& b) {
+      return (a - b).abs().max().item<double>();
+    };
+    const int64_t local = sharded->num_local_experts();
+    double experts = 0.0;
+    for (size_t i = 0; i < 4; ++i) {
+      const at::Tensor mine = sharded->expert_parameters()[i];
+      const at::Tensor all = whole->expert_parameters()[i];
+      experts = std::max(experts, largest(mine.grad(), all.grad().narrow(0, rank * local, local)));
+    }
+    // The router is replicated: its gradient is the sum of the ranks'.
+    std::vector<at::Tensor> router_grad{sharded->router->weight.grad().clone()};
+    group.all_reduce_sum(router_grad);
+    write_text(router + "_local_experts", std::to_string(local) + " from " +
+                                              std::to_string(sharded->first_local_expert()));
+    write_tensor(router + "_differences",
+                 at::tensor({largest(out.y, y_whole.narrow(0, first, count)),
+                             largest(x_mine.grad(), x_whole.grad().narrow(0, first, count)), experts,
+                             largest(router_grad[0], whole->router->weight.grad())},
+                            at::kDouble));
+    write_tensor(router + "_tokens_per_expert", out.metrics.tokens_per_expert);
+
+    // Gathered again, every rank holds the whole layer's experts.
+    sharded->unshard_experts();
+    double gathered = 0.0;
+    for (size_t i = 0; i < 4; ++i) {
+      gathered = std::max(gathered, largest(sharded->expert_parameters()[i], whole->expert_parameters()[i]));
+    }
+    write_text(router + "_gathered", std::to_string(gathered) + " " +
+                                         std::to_string(sharded->num_local_experts()));
+  }
+}
+
 // One rank leaves after the rendezvous: it exits ("fault_exit" for rank 1,
 // "fault_exit_rank0" for rank 0, which hosts the store), sleeps until the
 // test kills it ("fault_hang"), or reports ready so that the test can stop it
@@ -227,6 +305,8 @@ int main(int argc, char** argv) {
         run_gradients(group);
       } else if (scenario == "reducer") {
         run_reducer(group);
+      } else if (scenario == "moe_expert_parallel") {
+        run_moe_expert_parallel(group);
       } else if (scenario.rfind("fault_", 0) == 0) {
         run_fault(group, scenario);
       } else {

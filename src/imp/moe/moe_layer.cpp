@@ -2,6 +2,10 @@
 
 #include <cmath>
 
+#include "imp/core/error.h"
+#include "imp/dist/collectives.h"
+#include "imp/dist/process_group.h"
+
 namespace imp {
 
 namespace {
@@ -43,6 +47,74 @@ void MoeLayerImpl::reset_parameters() {
   uniform_fan_in(fc2_bias, mlp_dim);
 }
 
+int64_t MoeLayerImpl::first_local_expert() const {
+  return expert_group_ == nullptr ? 0 : expert_group_->rank() * num_local_experts();
+}
+
+void MoeLayerImpl::shard_experts(dist::ProcessGroup& group) {
+  TORCH_CHECK(expert_group_ == nullptr, "the MoE layer's experts are already sharded");
+  const int64_t world = group.world_size();
+  IMP_REQUIRE(ConfigError, config_.num_experts % world == 0, "train.expert_parallel shards the ",
+              config_.num_experts, " experts of each MoE layer across ", world,
+              " processes, which needs model.moe.num_experts to be a multiple of ", world,
+              "; change one of them or turn expert_parallel off");
+  const int64_t local = config_.num_experts / world;
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor parameter : expert_parameters()) {
+    parameter.mutable_grad().reset();
+    parameter.set_data(parameter.narrow(0, group.rank() * local, local).clone());
+  }
+  expert_group_ = &group;
+}
+
+void MoeLayerImpl::unshard_experts() {
+  if (expert_group_ == nullptr) return;
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor parameter : expert_parameters()) {
+    parameter.mutable_grad().reset();
+    // all_gather concatenates in rank order, which is expert order.
+    parameter.set_data(expert_group_->all_gather(parameter.detach()));
+  }
+  expert_group_ = nullptr;
+}
+
+torch::Tensor MoeLayerImpl::run_experts_sharded(const torch::Tensor& expert_in) {
+  dist::ProcessGroup& group = *expert_group_;
+  const int64_t world = group.world_size();
+  const int64_t local = num_local_experts();
+  const int64_t slots = expert_in.size(1), d_model = expert_in.size(2);
+
+  // Out: the rows of experts [d * El, (d + 1) * El) go to process d; they
+  // are consecutive in the expert-major buffer.
+  std::vector<int64_t> received;
+  torch::Tensor incoming = dist::all_to_all_with_grad(
+      group, expert_in.reshape({-1, d_model}), std::vector<int64_t>(world, local * slots),
+      &received);  // [sum over sources of El * slots_s, D]
+
+  // Each source's block is [El, slots_s, D]; join them along the slot axis
+  // so that every local expert runs once over the slots of all sources.
+  std::vector<int64_t> source_slots;
+  std::vector<torch::Tensor> blocks;
+  int64_t row = 0;
+  for (int64_t count : received) {
+    source_slots.push_back(count / local);
+    blocks.push_back(incoming.narrow(0, row, count).view({local, count / local, d_model}));
+    row += count;
+  }
+  torch::Tensor local_out = run_experts(torch::cat(blocks, 1)).to(torch::kFloat);  // [El, sum slots_s, D]
+
+  // Back: each source's slots return to it, in the order they came.
+  std::vector<torch::Tensor> replies;
+  int64_t slot = 0;
+  for (int64_t count : source_slots) {
+    replies.push_back(local_out.narrow(1, slot, count).reshape({local * count, d_model}));
+    slot += count;
+  }
+  torch::Tensor outgoing = torch::cat(replies, 0);
+  return dist::all_to_all_with_grad(group, outgoing, received)
+      .view({config_.num_experts, slots, d_model});  // [E, G*C, D]
+}
+
 torch::Tensor MoeLayerImpl::run_experts(const torch::Tensor& expert_in) {
   // Outside autocast, bf16 tokens meeting float32 weights are cast to float32.
   // Inside autocast, baddbmm casts both to bf16 anyway.
@@ -65,10 +137,18 @@ MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mas
                 " but the input is on ", x.device());
   }
 
-  const int64_t num_experts = fc1_weight.size(0);
+  const int64_t num_experts = config_.num_experts;
   MoeOutput out;
   if (num_tokens == 0) {
     out.y = torch::zeros_like(x);
+    if (expert_group_ != nullptr) {
+      // The other processes' exchanges need this one, forward and backward:
+      // send nothing, and tie the (empty) reply into y so that the backward
+      // pass runs the reverse exchanges too.
+      torch::Tensor nothing = torch::zeros({num_experts, 0, d_model}, x.options())
+                                  .requires_grad_(torch::GradMode::is_enabled());
+      out.y = out.y + run_experts_sharded(nothing).sum().to(x.scalar_type());
+    }
     out.aux_loss = torch::zeros({}, x.options().dtype(torch::kFloat));
     out.metrics.tokens_per_expert = torch::zeros({num_experts}, torch::kLong);
     return out;
@@ -101,7 +181,8 @@ MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mas
       x_flat.index_select(0, slot_rows).view({num_experts, num_slots, d_model});  // [E, G*C, D]
 
   // Experts.
-  torch::Tensor expert_out = run_experts(expert_in);  // [E, G*C, D]
+  torch::Tensor expert_out =
+      expert_group_ ? run_experts_sharded(expert_in) : run_experts(expert_in);  // [E, G*C, D]
 
   // Combine: weight every slot by its router probability (0 for dropped
   // slots) and add it to its token's row.

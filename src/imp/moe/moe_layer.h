@@ -23,6 +23,10 @@
 #include "imp/config/config.h"
 #include "imp/moe/router.h"
 
+namespace imp::dist {
+class ProcessGroup;
+}  // namespace imp::dist
+
 namespace imp {
 
 struct MoeOutput {
@@ -47,6 +51,16 @@ struct MoeOutput {
 // Precision: the router always runs in float32 (see RouterImpl). The expert
 // matmuls follow autocast, so they run in bf16 inside an AutocastScope, and
 // y is returned in x's dtype to keep the residual stream's precision.
+//
+// Expert parallelism (shard_experts): each of W processes keeps E/W of the
+// experts, El = E/W, and routes its own tokens as above. The dispatched
+// buffer [E, G*C, D] then travels by all-to-all, each expert's rows to the
+// process that holds it; that process runs its El experts on the rows of
+// all processes at once and sends the outputs back the same way. A token's
+// output is what one process holding every expert would compute, so the
+// sharded layer equals the whole one whenever the routing groups are the
+// same. Every process must run every forward and backward pass of a sharded
+// layer, in the same order, because each one joins the all-to-alls.
 class MoeLayerImpl : public torch::nn::Module {
  public:
   MoeLayerImpl(int64_t d_model, int64_t mlp_dim, const MoeConfig& config);
@@ -60,7 +74,28 @@ class MoeLayerImpl : public torch::nn::Module {
   MoeOutput forward(const torch::Tensor& x, const torch::Tensor& mask = {});
 
   const MoeConfig& config() const { return config_; }
-  int64_t num_experts() const { return fc1_weight.size(0); }
+  // E, the experts of the whole layer, sharded or not.
+  int64_t num_experts() const { return config_.num_experts; }
+  // The experts this process holds: all E, or El once sharded, starting at
+  // expert first_local_expert().
+  int64_t num_local_experts() const { return fc1_weight.size(0); }
+  int64_t first_local_expert() const;
+
+  // Keeps only this process's experts, [rank * El, (rank + 1) * El), in
+  // fc1_weight, fc1_bias, fc2_weight and fc2_bias (their gradients are
+  // reset), and runs the experts in parallel from then on. The parameters
+  // stay the same tensors (their data is replaced), so an optimizer built
+  // over them keeps them. Throws ConfigError when E is not a multiple of the
+  // group's size. `group` must outlive the sharding.
+  void shard_experts(dist::ProcessGroup& group);
+  // Collects every process's experts so that each holds all E again, and
+  // runs them locally from then on. A collective: every process calls it.
+  void unshard_experts();
+  bool experts_sharded() const { return expert_group_ != nullptr; }
+  // The expert parameters, sharded by shard_experts.
+  std::vector<torch::Tensor> expert_parameters() const {
+    return {fc1_weight, fc1_bias, fc2_weight, fc2_bias};
+  }
 
   Router router{nullptr};
   torch::Tensor fc1_weight;  // [E, D, M]
@@ -69,10 +104,15 @@ class MoeLayerImpl : public torch::nn::Module {
   torch::Tensor fc2_bias;    // [E, 1, D]
 
  private:
-  // Runs every expert on its slots: [E, G*C, D] -> [E, G*C, D].
+  // Runs every local expert on its slots: [El, S', D] -> [El, S', D].
   torch::Tensor run_experts(const torch::Tensor& expert_in);
+  // Sends each expert's slots to the process holding it, runs the local
+  // experts on the slots of every process and returns this process's
+  // outputs in float32: [E, G*C, D] -> [E, G*C, D].
+  torch::Tensor run_experts_sharded(const torch::Tensor& expert_in);
 
   MoeConfig config_;
+  dist::ProcessGroup* expert_group_ = nullptr;
 };
 TORCH_MODULE(MoeLayer);
 
