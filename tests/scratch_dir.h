@@ -1,9 +1,12 @@
-// A fresh directory for one test's files, removed with them at scope exit.
+// A fresh directory for one test's files, removed with them at scope exit
+// unless the environment variable IMP_KEEP_SCRATCH is set (to look at a
+// failed test's files).
 #pragma once
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -21,6 +24,10 @@ class ScratchDir {
     path_ = pattern;
   }
   ~ScratchDir() {
+    if (getenv("IMP_KEEP_SCRATCH") != nullptr) {
+      std::printf("kept %s\n", path_.c_str());
+      return;
+    }
     std::error_code error;
     std::filesystem::remove_all(path_, error);
   }

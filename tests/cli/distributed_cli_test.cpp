@@ -1,6 +1,6 @@
-// Data-parallel training through the imp executable: two real processes on
-// 127.0.0.1, started with the variables torchrun sets, against one process
-// on the same batches.
+// Data- and expert-parallel training through the imp executable: two real
+// processes on 127.0.0.1, started with the variables torchrun sets, against
+// one process on the same batches.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -60,26 +60,103 @@ int wait_for(pid_t pid, std::chrono::seconds limit) {
   return -1;
 }
 
-// Classification of the colour shards, with a batch of 7 rows, which two
-// processes split 3 + 4. Routing groups of one image (4 tokens) make the
-// experts' choices the same whichever process an image is in.
-fs::path write_config(const fs::path& dir, const std::string& name, const std::string& train_extra = "") {
+// A run on the colour shards with batches of 7 rows, which two processes
+// split 3 + 4. Routing groups of 4 tokens, one image or a quarter of a text,
+// make the experts' choices the same whichever process an example is in.
+// AdamW's eps is 1e-6 rather than 1e-7: the images are solid colours, so
+// every patch of one is the same token, attention is uniform whatever the
+// queries and keys, and their exact gradients are zero (the key bias's is
+// zero for any input). Their computed gradients are rounding noise that
+// differs between one process and two, and AdamW divides by
+// sqrt(v) + eps, turning noise of 1e-10 into steps of lr * 1e-3 with eps
+// 1e-7, enough to pass 1e-5 in six steps. With 1e-6 such steps stay ten
+// times smaller, while every real gradient moves its weights as before.
+// `tasks` defaults to classification alone; `train_extra` and `model_extra`
+// add keys to train and model.
+struct RunConfig {
+  std::string tasks =
+      "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 7}\n";
+  std::string train_extra;
+  std::string model_extra;
+  // Train shards: both, or only the first (fewer shards than processes).
+  std::string train_shards = "train-{000000..000001}.tar";
+};
+
+fs::path write_config(const fs::path& dir, const std::string& name, const RunConfig& run = {}) {
   const fs::path path = dir / (name + ".yaml");
   std::ofstream(path) << "workdir: " << (dir / name).string() << "\n"
       << "cache_dir: " << (dir / "cache").string() << "\n"
-      << "model: {preset: tiny, num_layers: 2, moe: {group_size: 4},"
+      << "model: {preset: tiny, num_layers: 2, moe: {group_size: 4" << run.model_extra << "},"
       << " vision: {channels: 3, patch: [1, 8, 8], grid: [1, 2, 2]}}\n"
       << "datasets:\n"
-      << "  - {name: colours, type: webdataset, train: [\"" << (dir / "train-{000000..000001}.tar").string()
+      << "  - {name: colours, type: webdataset, train: [\"" << (dir / run.train_shards).string()
       << "\"], test: [\"" << (dir / "test-000000.tar").string() << "\"], max_bad_fraction: 0.3}\n"
-      << "tasks:\n"
-      << "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 7}\n"
+      << "tasks:\n" << run.tasks
       << "train: {steps: 6, log_every: 3, workers: 1, dtype: fp32, progress: lines, tensorboard: false,"
-      << train_extra
-      << " optimizer: {lr: 0.003, warmup_steps: 2}}\n"
+      << " sampler: round_robin," << run.train_extra
+      << " optimizer: {lr: 0.003, warmup_steps: 2, eps: 1.0e-6}}\n"
       << "eval: {linear_probe_examples: 20, linear_probe_steps: 5}\n";
   return path;
 }
+
+// Runs `imp ARGUMENTS` as `world` processes with the variables torchrun
+// sets, one thread each, logs in DIR/<tag>-rank<R>.log. Expects each to
+// finish with status 0 within 180 s.
+void run_ranks(const fs::path& dir, const std::string& tag, int world, const std::vector<std::string>& arguments) {
+  const int port = free_port();
+  ASSERT_GT(port, 0);
+  std::vector<pid_t> ranks;
+  for (int rank = 0; rank < world; ++rank) {
+    ranks.push_back(spawn_imp(
+        arguments,
+        {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
+         "WORLD_SIZE=" + std::to_string(world), "MASTER_ADDR=127.0.0.1",
+         "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
+        dir / (tag + "-rank" + std::to_string(rank) + ".log")));
+    ASSERT_GT(ranks.back(), 0);
+  }
+  for (int rank = 0; rank < world; ++rank) {
+    const fs::path log = dir / (tag + "-rank" + std::to_string(rank) + ".log");
+    EXPECT_EQ(wait_for(ranks[rank], std::chrono::seconds(180)), 0) << read_text(log);
+  }
+  for (int rank = 1; rank < world; ++rank) {
+    const std::string log = read_text(dir / (tag + "-rank" + std::to_string(rank) + ".log"));
+    EXPECT_NE(log.find("rank " + std::to_string(rank) + " of " + std::to_string(world) + ": done"),
+              std::string::npos) << log;
+  }
+}
+
+// Expects the same tensors, under the same names and shapes, to 1e-5: the
+// processes' gradient sums run in another order than one process's.
+void expect_same_weights(const fs::path& a_file, const fs::path& b_file) {
+  const imp::SafetensorsContents a = imp::load_safetensors(a_file.string());
+  const imp::SafetensorsContents b = imp::load_safetensors(b_file.string());
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    ASSERT_EQ(a.tensors[i].first, b.tensors[i].first);
+    ASSERT_EQ(a.tensors[i].second.sizes(), b.tensors[i].second.sizes()) << a.tensors[i].first;
+    const double difference = (a.tensors[i].second - b.tensors[i].second).abs().max().item<double>();
+    EXPECT_LT(difference, 1e-5) << a.tensors[i].first;
+  }
+}
+
+// Expects the same loss at every step of two train_log.jsonl files.
+void expect_same_losses(const fs::path& a_log, const fs::path& b_log, size_t steps) {
+  const std::vector<nlohmann::json> a = read_jsonl(a_log);
+  const std::vector<nlohmann::json> b = read_jsonl(b_log);
+  ASSERT_EQ(a.size(), steps);
+  ASSERT_EQ(b.size(), steps);
+  for (size_t i = 0; i < steps; ++i) {
+    EXPECT_EQ(a[i]["task"], b[i]["task"]) << "step " << i + 1;
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 1e-5) << "step " << i + 1;
+  }
+}
+
+// Classification and image-text NCE in turn, so that both objectives train
+// the shared encoder.
+const char* kBothObjectives =
+    "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 7}\n"
+    "  - {name: colours_nce, dataset: colours, modalities: [image, text], objective: nce, batch_size: 7}\n";
 
 TEST(DataParallel, TwoProcessesEqualOneOnTheWholeBatch) {
   ScratchDir scratch("imp_data_parallel");
@@ -87,44 +164,75 @@ TEST(DataParallel, TwoProcessesEqualOneOnTheWholeBatch) {
   write_colour_shards(dir);
   Result one = run_imp("train " + write_config(dir, "one").string());
   ASSERT_EQ(one.status, 0) << one.output;
+  run_ranks(dir, "two", 2, {"train", write_config(dir, "two").string()});
 
-  const fs::path config = write_config(dir, "two");
-  const int port = free_port();
-  ASSERT_GT(port, 0);
-  std::vector<pid_t> ranks;
-  for (int rank = 0; rank < 2; ++rank) {
-    ranks.push_back(spawn_imp(
-        {"train", config.string()},
-        {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank), "WORLD_SIZE=2",
-         "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
-        dir / ("rank" + std::to_string(rank) + ".log")));
-    ASSERT_GT(ranks.back(), 0);
-  }
-  for (int rank = 0; rank < 2; ++rank) {
-    EXPECT_EQ(wait_for(ranks[rank], std::chrono::seconds(180)), 0)
-        << read_text(dir / ("rank" + std::to_string(rank) + ".log"));
-  }
-  EXPECT_NE(read_text(dir / "rank1.log").find("rank 1 of 2: done"), std::string::npos)
-      << read_text(dir / "rank1.log");
-
-  // The same weights, to float rounding: the ranks' gradient sums run in
-  // another order than one process's.
-  const imp::SafetensorsContents a = imp::load_safetensors((dir / "one" / "model.safetensors").string());
-  const imp::SafetensorsContents b = imp::load_safetensors((dir / "two" / "model.safetensors").string());
-  ASSERT_EQ(a.tensors.size(), b.tensors.size());
-  for (size_t i = 0; i < a.tensors.size(); ++i) {
-    ASSERT_EQ(a.tensors[i].first, b.tensors[i].first);
-    const double difference = (a.tensors[i].second - b.tensors[i].second).abs().max().item<double>();
-    EXPECT_LT(difference, 1e-5) << a.tensors[i].first;
-  }
+  expect_same_weights(dir / "one" / "model.safetensors", dir / "two" / "model.safetensors");
   // The logged loss is the whole batch's mean on both.
-  const std::vector<nlohmann::json> single = read_jsonl(dir / "one" / "train_log.jsonl");
-  const std::vector<nlohmann::json> pair = read_jsonl(dir / "two" / "train_log.jsonl");
-  ASSERT_EQ(single.size(), 6u);
-  ASSERT_EQ(pair.size(), 6u);
-  for (size_t i = 0; i < single.size(); ++i) {
-    EXPECT_NEAR(pair[i]["loss"].get<double>(), single[i]["loss"].get<double>(), 1e-5) << "step " << i + 1;
+  expect_same_losses(dir / "one" / "train_log.jsonl", dir / "two" / "train_log.jsonl", 6);
+}
+
+// Contrastive steps gather both embeddings, so each row meets the negatives
+// of the whole batch, and the positives (identical captions) of the other
+// process. One train shard for two processes: they share its samples.
+TEST(DataParallel, ContrastiveMatchesOneProcess) {
+  ScratchDir scratch("imp_data_parallel_nce");
+  const fs::path dir(scratch.path());
+  write_colour_shards(dir);
+  RunConfig run;
+  run.tasks = kBothObjectives;
+  run.train_shards = "train-000000.tar";
+  Result one = run_imp("train " + write_config(dir, "one", run).string());
+  ASSERT_EQ(one.status, 0) << one.output;
+  run_ranks(dir, "two", 2, {"train", write_config(dir, "two", run).string()});
+
+  expect_same_weights(dir / "one" / "model.safetensors", dir / "two" / "model.safetensors");
+  expect_same_losses(dir / "one" / "train_log.jsonl", dir / "two" / "train_log.jsonl", 6);
+  // Every step's accuracy is the whole batch's too.
+  const std::vector<nlohmann::json> a = read_jsonl(dir / "one" / "train_log.jsonl");
+  const std::vector<nlohmann::json> b = read_jsonl(dir / "two" / "train_log.jsonl");
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i]["accuracy"].get<double>(), b[i]["accuracy"].get<double>(), 1e-9) << "step " << i + 1;
   }
+}
+
+// Expert parallel: each process holds two of the four experts of each MoE
+// layer. The run equals one process; its checkpoints hold every expert, so
+// one process resumes from the middle and ends where it did; and the
+// evaluation, shared by the two processes, gives one process's results.
+TEST(ExpertParallel, MatchesOneProcessAndResumes) {
+  ScratchDir scratch("imp_expert_parallel");
+  const fs::path dir(scratch.path());
+  write_colour_shards(dir);
+  RunConfig run;
+  run.tasks = kBothObjectives;
+  run.train_extra = " checkpoint_every: 3,";
+  Result one = run_imp("train " + write_config(dir, "one", run).string());
+  ASSERT_EQ(one.status, 0) << one.output;
+  run.train_extra += " expert_parallel: true,";
+  run_ranks(dir, "ep", 2, {"train", write_config(dir, "ep", run).string()});
+
+  expect_same_weights(dir / "one" / "model.safetensors", dir / "ep" / "model.safetensors");
+  expect_same_losses(dir / "one" / "train_log.jsonl", dir / "ep" / "train_log.jsonl", 6);
+  expect_same_weights(dir / "one" / "checkpoints" / "step-00000003" / "model.safetensors",
+                      dir / "ep" / "checkpoints" / "step-00000003" / "model.safetensors");
+
+  // Shared evaluation: with one image per routing group, each example's
+  // outputs do not depend on the batch it is in.
+  const nlohmann::json one_eval = nlohmann::json::parse(read_text(dir / "one" / "eval.json"));
+  const nlohmann::json ep_eval = nlohmann::json::parse(read_text(dir / "ep" / "eval.json"));
+  for (const char* metric : {"colours/head_top1", "colours/zeroshot_top1", "colours/i2t_r1",
+                             "colours/t2i_r1", "colours/linear_probe_top1"}) {
+    ASSERT_TRUE(one_eval.contains(metric)) << one_eval.dump();
+    ASSERT_TRUE(ep_eval.contains(metric)) << ep_eval.dump();
+    EXPECT_NEAR(one_eval[metric].get<double>(), ep_eval[metric].get<double>(), 1e-9) << metric;
+  }
+
+  // One process resumes the two processes' run at step 3.
+  fs::copy(dir / "ep", dir / "resumed", fs::copy_options::recursive);
+  Result resumed = run_imp("train --workdir " + (dir / "resumed").string() + " --resume step-00000003");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  expect_same_weights(dir / "one" / "model.safetensors", dir / "resumed" / "model.safetensors");
+  expect_same_losses(dir / "one" / "train_log.jsonl", dir / "resumed" / "train_log.jsonl", 6);
 }
 
 TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
@@ -132,8 +240,9 @@ TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
   const fs::path dir(scratch.path());
   write_colour_shards(dir);
   // Long enough to be killed in the middle; a short collective timeout.
-  const fs::path config =
-      write_config(dir, "run", " collective_timeout: 5, checkpoint_every: 0,");
+  RunConfig run;
+  run.train_extra = " collective_timeout: 5, checkpoint_every: 0,";
+  const fs::path config = write_config(dir, "run", run);
   const int port = free_port();
   ASSERT_GT(port, 0);
   std::vector<pid_t> ranks;

@@ -165,6 +165,7 @@ void visit_fields(Visitor& v, TrainConfig& c) {
   v("progress", c.progress);
   v("tensorboard", c.tensorboard);
   v("collective_timeout", c.collective_timeout);
+  v("expert_parallel", c.expert_parallel);
   v("optimizer", c.optimizer);
 }
 

@@ -205,6 +205,10 @@ struct TrainConfig {
   std::string progress = "auto";   // live (one updating line), lines, or auto (live on a terminal)
   bool tensorboard = true;         // TensorBoard event files in <workdir>/tensorboard
   int collective_timeout = 1800;   // seconds a rank waits for the others in a multi-process run
+  // In a multi-process run, shard each MoE layer's experts across the
+  // processes (num_experts divisible by their number) instead of copying
+  // them to every process; tokens travel to their experts by all-to-all.
+  bool expert_parallel = false;
   OptimizerConfig optimizer;
 };
 

@@ -223,6 +223,14 @@ ProcessGroup::ProcessGroup(const LaunchEnvironment& env, ProcessGroupOptions opt
   }
 }
 
+bool nccl_available() {
+#ifdef USE_C10D_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
 void ProcessGroup::create_backend(const c10::intrusive_ptr<c10d::Store>& store) {
   if (options_.device_type == c10::kCUDA) {
 #ifdef USE_C10D_NCCL

@@ -13,6 +13,10 @@
 #include <ATen/ATen.h>
 #include <c10/core/DeviceType.h>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -31,6 +35,19 @@ class Store;
 }  // namespace c10d
 
 namespace imp::dist {
+
+// The c10d object that runs the collectives. Since LibTorch 2.0 the Gloo
+// and NCCL process groups derive from c10d::Backend; in 1.13 they derive
+// from c10d::ProcessGroup. Both offer the collectives used here.
+#if TORCH_VERSION_MAJOR >= 2
+using Backend = c10d::Backend;
+#else
+using Backend = c10d::ProcessGroup;
+#endif
+
+// Whether this build can form NCCL process groups (CMake option
+// IMP_WITH_NCCL, for CUDA builds of LibTorch).
+bool nccl_available();
 
 struct ProcessGroupOptions {
   // Upper bound for the rendezvous and for each collective. c10d's default
@@ -78,8 +95,8 @@ class ProcessGroup {
   int world_size() const { return env_.world_size; }
   std::chrono::milliseconds timeout() const { return options_.timeout; }
   const LaunchEnvironment& environment() const { return env_; }
-  // The c10d process group, for collectives this class does not wrap.
-  c10d::ProcessGroup& backend() { return *backend_; }
+  // The c10d backend, for collectives this class does not wrap.
+  Backend& backend() { return *backend_; }
 
   // Sums each tensor elementwise over all ranks, in place. Tensors may
   // differ in shape and dtype from each other but each must have the same
@@ -125,7 +142,7 @@ class ProcessGroup {
   ProcessGroupOptions options_;
   c10::intrusive_ptr<c10d::Store> tcp_store_;   // rank 0: also the server
   c10::intrusive_ptr<c10d::Store> imp_store_;   // prefix "imp" for heartbeats
-  c10::intrusive_ptr<c10d::ProcessGroup> backend_;
+  c10::intrusive_ptr<Backend> backend_;
   std::unique_ptr<Heartbeat> heartbeat_;
   // Collectives started by this rank, published with every heartbeat.
   std::shared_ptr<std::atomic<uint64_t>> collectives_started_;

@@ -12,6 +12,7 @@
 #include "imp/core/random.h"
 #include "imp/data/captions.h"
 #include "imp/data/dataset.h"
+#include "imp/dist/process_group.h"
 #include "imp/eval/linear_probe.h"
 #include "imp/eval/metrics.h"
 
@@ -26,12 +27,35 @@ std::vector<int64_t> index_range(int64_t begin, int64_t end) {
   return out;
 }
 
+// Whether `count` items are shared among the processes of `group`, and this
+// process's part [begin, end) of them.
+bool shared_part(dist::ProcessGroup* group, size_t count, size_t& begin, size_t& end) {
+  if (group == nullptr || group->world_size() < 2 || count < static_cast<size_t>(group->world_size())) {
+    return false;
+  }
+  const size_t world = group->world_size(), rank = group->rank();
+  begin = rank * count / world;
+  end = (rank + 1) * count / world;
+  return true;
+}
+
 }  // namespace
 
 
 Features embed(ImpModel& model, const Dataset& data, const std::string& modality,
                const std::vector<int64_t>& indices, const std::set<int>& heads, bool project,
-               const Config& config, c10::Device device) {
+               const Config& config, c10::Device device, dist::ProcessGroup* group) {
+  size_t begin = 0, end = 0;
+  if (shared_part(group, indices.size(), begin, end)) {
+    const std::vector<int64_t> part(indices.begin() + begin, indices.begin() + end);
+    Features mine = embed(model, data, modality, part, heads, project, config, device);
+    // Every process gathers the same tensors in the same order.
+    Features all;
+    all.pooled = group->all_gather(mine.pooled);
+    if (project) all.embedding = group->all_gather(mine.embedding);
+    for (const auto& [set, logits] : mine.logits) all.logits[set] = group->all_gather(logits);
+    return all;
+  }
   AutocastScope autocast(device.type(), config.train.dtype == "bf16");
   const int views = data.eval_views(modality);
   std::vector<at::Tensor> pooled, embedding;
@@ -71,7 +95,12 @@ Features embed(ImpModel& model, const Dataset& data, const std::string& modality
 // tokens.
 at::Tensor embed_texts(ImpModel& model, const Tokenizer& tokenizer,
                        const std::vector<std::string>& texts, const Config& config,
-                       c10::Device device, int max_len) {
+                       c10::Device device, int max_len, dist::ProcessGroup* group) {
+  size_t begin = 0, end = 0;
+  if (shared_part(group, texts.size(), begin, end)) {
+    const std::vector<std::string> part(texts.begin() + begin, texts.begin() + end);
+    return group->all_gather(embed_texts(model, tokenizer, part, config, device, max_len));
+  }
   AutocastScope autocast(device.type(), config.train.dtype == "bf16");
   std::vector<at::Tensor> out;
   const size_t batch = config.eval.batch_size;
@@ -87,7 +116,7 @@ at::Tensor embed_texts(ImpModel& model, const Tokenizer& tokenizer,
 
 // Class embeddings [K, P]: each class's prompts embedded, averaged, renormalised.
 at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer, const LabelSet& set,
-                            const Config& config, c10::Device device) {
+                            const Config& config, c10::Device device, dist::ProcessGroup* group) {
   const std::vector<std::string> prompts =
       !set.prompts.empty() ? set.prompts
                            : (config.eval.prompts.empty() ? default_prompts() : config.eval.prompts);
@@ -96,7 +125,7 @@ at::Tensor class_embeddings(ImpModel& model, const Tokenizer& tokenizer, const L
     for (const std::string& prompt : prompts) texts.push_back(fill_prompt(prompt, name));
   }
   at::Tensor embedded = embed_texts(model, tokenizer, texts, config, device,
-                                    label_text_length(config.model.text));  // [K * prompts, P]
+                                    label_text_length(config.model.text), group);  // [K * prompts, P]
   at::Tensor per_class = embedded.reshape(
       {static_cast<int64_t>(set.class_names.size()), static_cast<int64_t>(prompts.size()), -1});
   return F::normalize(per_class.mean(1));
@@ -187,7 +216,8 @@ std::string letter(const std::string& modality) { return modality.substr(0, 1); 
 
 void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig& dataset,
                       const Dataset& test, const DatasetUse& use, const Tokenizer& tokenizer,
-                      c10::Device device, std::map<std::string, double>& metrics) {
+                      c10::Device device, dist::ProcessGroup* group,
+                      std::map<std::string, double>& metrics) {
   const std::vector<int64_t> all =
       strided_indices(test.size(), dataset.eval_examples > 0 ? dataset.eval_examples : test.size());
   const std::vector<LabelSet>& sets = test.label_sets();
@@ -199,7 +229,7 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
     auto heads = use.heads.find(modality);
     features[modality] =
         embed(model, test, modality, all, heads == use.heads.end() ? std::set<int>() : heads->second,
-              use.projected(modality), config, device);
+              use.projected(modality), config, device, group);
   }
 
   // A set no test example has a known label of cannot be measured: its
@@ -235,14 +265,14 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
   if (!use.with_text.empty()) {
     TestCaptions captions = test_captions(test, all);
     at::Tensor texts =
-        embed_texts(model, tokenizer, captions.distinct, config, device, config.model.text.max_len);
+        embed_texts(model, tokenizer, captions.distinct, config, device, config.model.text.max_len, group);
     at::Tensor example_texts = texts.index_select(0, captions.text_of_example);  // [N, P]
     for (const std::string& modality : use.with_text) {
       const at::Tensor& embedding = features[modality].embedding;
       const std::string prefix = dataset.name + "/" + (modality == own_modality ? "" : modality + "_");
       for (size_t set = 0; set < sets.size(); ++set) {
         if (!measurable[set]) continue;
-        at::Tensor classes = class_embeddings(model, tokenizer, sets[set], config, device);
+        at::Tensor classes = class_embeddings(model, tokenizer, sets[set], config, device, group);
         const std::string name = (several_sets ? sets[set].name + "_" : "") + "zeroshot_top1";
         const at::Tensor scores = embedding.matmul(classes.t());
         if (sets[set].multi_label) {
@@ -304,7 +334,7 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
       probe.push_back(index);
     }
     if (probe.empty()) return;
-    Features train_features = embed(model, *train, kImage, probe, {}, false, config, device);
+    Features train_features = embed(model, *train, kImage, probe, {}, false, config, device, group);
     LinearProbeOptions probe_options;
     probe_options.steps = config.eval.linear_probe_steps;
     metrics[dataset.name + "/linear_probe_top1"] = linear_probe_accuracy(
@@ -316,7 +346,8 @@ void evaluate_dataset(ImpModel& model, const Config& config, const DatasetConfig
 }  // namespace
 
 std::map<std::string, double> evaluate(ImpModel& model, const Config& config,
-                                       const Tokenizer& tokenizer, c10::Device device) {
+                                       const Tokenizer& tokenizer, c10::Device device,
+                                       dist::ProcessGroup* group) {
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
@@ -335,7 +366,7 @@ std::map<std::string, double> evaluate(ImpModel& model, const Config& config,
     if (use == uses.end()) continue;
     const auto start = std::chrono::steady_clock::now();
     evaluate_dataset(model, config, dataset, *tests.at(dataset.name), use->second, tokenizer,
-                     device, metrics);
+                     device, group, metrics);
     std::printf("evaluated %s in %.1f s\n", dataset.name.c_str(),
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     std::fflush(stdout);

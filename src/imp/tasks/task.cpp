@@ -7,6 +7,8 @@
 #include "imp/core/error.h"
 #include "imp/core/random.h"
 #include "imp/data/captions.h"
+#include "imp/dist/collectives.h"
+#include "imp/dist/process_group.h"
 #include "imp/eval/metrics.h"
 #include "imp/io/decode_error.h"
 #include "imp/objectives/losses.h"
@@ -133,6 +135,29 @@ void Task::set_shard(int rank, int world_size) {
   shard_world_ = world_size;
 }
 
+void Task::set_process_group(dist::ProcessGroup* group) {
+  group_ = group;
+  if (group != nullptr) {
+    set_shard(group->rank(), group->world_size());
+  } else {
+    set_shard(0, 1);
+  }
+}
+
+torch::Tensor Task::rank_share(const torch::Tensor& loss_of_rows, const Batch& batch) const {
+  if (group_ == nullptr) return loss_of_rows;
+  return loss_of_rows * (static_cast<double>(group_->world_size()) * static_cast<double>(batch.size()) /
+                         static_cast<double>(config_.batch_size));
+}
+
+double Task::whole_batch_mean(double mean_of_rows, const Batch& batch) const {
+  if (group_ == nullptr) return mean_of_rows;
+  const double rows = static_cast<double>(batch.size());
+  std::vector<at::Tensor> sums{at::tensor({mean_of_rows * rows, rows}, at::kDouble)};
+  group_->all_reduce_sum(sums);
+  return sums[0][0].item<double>() / sums[0][1].item<double>();
+}
+
 std::pair<int64_t, int64_t> Task::shard_rows() const {
   const int64_t B = config_.batch_size;
   return {shard_rank_ * B / shard_world_, (shard_rank_ + 1) * B / shard_world_};
@@ -238,12 +263,13 @@ TaskOutput ClassificationTask::compute_loss(ImpModel& model, const Batch& batch)
   } else {
     out.loss = softmax_cross_entropy(logits, batch.labels);
   }
-  out.loss = out.loss + model->config().moe.aux_loss_weight * encoded.aux_loss;
+  out.loss = rank_share(out.loss + model->config().moe.aux_loss_weight * encoded.aux_loss, batch);
 
   // With several labels per example, a hit is a top class among them.
-  out.metrics["accuracy"] = batch.targets.defined()
-                                ? top1_hit_rate(logits.detach(), batch.targets.to(logits.device()))
-                                : top1_accuracy(logits.detach(), batch.labels);
+  out.metrics["accuracy"] = whole_batch_mean(
+      batch.targets.defined() ? top1_hit_rate(logits.detach(), batch.targets.to(logits.device()))
+                              : top1_accuracy(logits.detach(), batch.labels),
+      batch);
   out.tokens = count_tokens(model->config(), modality, input, {}, config_.drop_tokens);
   return out;
 }
@@ -307,13 +333,14 @@ TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) co
   TaskOutput out;
   out.tokens = count_tokens(model->config(), first, input, {}, config_.drop_tokens);
   torch::Tensor z_b, aux_b, groups = batch.positive_groups;
+  torch::Tensor text_keys;  // [B, 2L] token ids and mask, to find identical texts
   if (second == kText) {
     const torch::Tensor& ids = batch.inputs.at(kText);  // [B, L]
     const int64_t L = ids.size(1);
     // Encode each distinct text once and copy its embedding to the rows that
     // share it: the same loss and gradients as encoding every row, for less work.
-    torch::Tensor keys = torch::cat({ids, batch.text_mask.to(at::kLong)}, 1);  // [B, 2L]
-    auto unique = at::unique_dim(keys, 0, /*sorted=*/true, /*return_inverse=*/true);
+    text_keys = torch::cat({ids, batch.text_mask.to(at::kLong)}, 1);  // [B, 2L]
+    auto unique = at::unique_dim(text_keys, 0, /*sorted=*/true, /*return_inverse=*/true);
     torch::Tensor distinct = std::get<0>(unique);  // [U, 2L]
     torch::Tensor inverse = std::get<1>(unique);   // [B], row of each text in `distinct`
     torch::Tensor distinct_mask = distinct.narrow(1, L, L).to(at::kBool);
@@ -330,9 +357,30 @@ TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) co
     aux_b = b.aux_loss;
     out.tokens += count_tokens(model->config(), second, other, {}, config_.drop_tokens);
   }
+  const torch::Tensor aux = model->config().moe.aux_loss_weight * (a.aux_loss + aux_b);
 
-  out.loss = nce_loss(z_a, z_b, model->logit_scale(), torch::Tensor(), groups);
-  out.loss = out.loss + model->config().moe.aux_loss_weight * (a.aux_loss + aux_b);
+  if (group_ != nullptr) {
+    // Every process contrasts the whole batch: the embeddings of all
+    // processes, gathered with their gradients, and positive groups that
+    // hold across processes. Each process's loss is the whole batch's NCE
+    // loss; all_gather_with_grad sums the processes' gradients for each
+    // process's own rows, so the processes' mean gradient is the whole
+    // batch's gradient (see TaskOutput::loss).
+    z_a = dist::all_gather_with_grad(*group_, z_a);
+    z_b = dist::all_gather_with_grad(*group_, z_b);
+    // Caption groups, when every process has them, else identical texts.
+    at::Tensor has_groups = at::full({1}, batch.positive_groups.defined() ? 1 : 0, at::kLong);
+    std::vector<at::Tensor> count{has_groups};
+    group_->all_reduce_sum(count);
+    if (count[0].item<int64_t>() == group_->world_size()) {
+      groups = group_->all_gather(batch.positive_groups.to(at::kCPU, at::kLong));
+    } else if (text_keys.defined()) {
+      groups = duplicate_groups(group_->all_gather(text_keys.to(at::kCPU)));
+    } else {
+      groups = torch::Tensor();
+    }
+  }
+  out.loss = nce_loss(z_a, z_b, model->logit_scale(), torch::Tensor(), groups) + rank_share(aux, batch);
   out.metrics["accuracy"] =
       nce_accuracy(z_a.detach(), z_b.detach(), torch::Tensor(), groups).item<double>();
   return out;

@@ -19,10 +19,18 @@
 #include "imp/data/tokenizer.h"
 #include "imp/model/imp_model.h"
 
+namespace imp::dist {
+class ProcessGroup;
+}  // namespace imp::dist
+
 namespace imp {
 
 struct TaskOutput {
-  torch::Tensor loss;                      // scalar, what backward() runs on
+  // Scalar, what backward() runs on. In a multi-process run (see
+  // Task::set_process_group) it is this process's part: the mean over the
+  // processes of their gradients is the gradient of the whole batch's loss,
+  // and the mean of their losses is that loss.
+  torch::Tensor loss;
   std::map<std::string, double> metrics;   // e.g. "accuracy", for logs
   int64_t tokens = 0;                      // tokens the encoder processed, all passes
 };
@@ -64,6 +72,23 @@ class Task {
   void set_shard(int rank, int world_size);
   // Rows [begin, end) of every batch that this rank builds.
   std::pair<int64_t, int64_t> shard_rows() const;
+  // Data parallelism over `group` (which must outlive the task): set_shard
+  // with its rank and size, and compute_loss returns this process's part of
+  // the whole batch's loss (see TaskOutput::loss). Contrastive tasks gather
+  // every process's embeddings, so each row meets the whole batch's negatives.
+  void set_process_group(dist::ProcessGroup* group);
+
+ protected:
+  // This process's share of the loss of a whole batch of which `batch`
+  // holds this process's rows: loss_of_rows * world * rows / batch_size, or
+  // loss_of_rows itself in one process.
+  torch::Tensor rank_share(const torch::Tensor& loss_of_rows, const Batch& batch) const;
+  // The whole batch's mean of a per-row metric whose mean over this
+  // process's rows is `mean_of_rows` (a collective), or that mean itself in
+  // one process.
+  double whole_batch_mean(double mean_of_rows, const Batch& batch) const;
+
+  dist::ProcessGroup* group_ = nullptr;
 
  protected:
   // Fills task-specific inputs for the examples at `indices` (with their

@@ -144,6 +144,8 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   if (launch.world_size > 1) {
     dist::ProcessGroupOptions group_options;
     group_options.timeout = std::chrono::seconds(config.train.collective_timeout);
+    // NCCL for CUDA tensors where this build has it; Gloo otherwise.
+    if (default_device().is_cuda() && dist::nccl_available()) group_options.device_type = c10::kCUDA;
     group = std::make_shared<dist::ProcessGroup>(launch, group_options);
     std::printf("distributed: %s\n", launch.describe().c_str());
   }
@@ -184,10 +186,10 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   if (!options.init_from.empty()) trainer.init_from(options.init_from);
   if (group) trainer.set_process_group(group);
   trainer.set_eval_hook([&](int64_t step) {
-    std::printf("evaluating at step %lld\n", static_cast<long long>(step));
+    if (primary) std::printf("evaluating at step %lld\n", static_cast<long long>(step));
     std::map<std::string, double> metrics =
-        evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device());
-    print_results(metrics);
+        evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device(), group.get());
+    if (primary) print_results(metrics);
     return metrics;
   });
   TrainSummary summary = trainer.train();
@@ -199,7 +201,9 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   }
   std::printf("\n");
   if (!primary) {
-    // Rank 0 saves the weights and evaluates them.
+    // Rank 0 saves the weights; every rank evaluates its part of the test
+    // sets, and rank 0 writes the results.
+    evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device(), group.get());
     std::printf("rank %d of %d: done\n", group->rank(), group->world_size());
     return {};
   }
@@ -224,7 +228,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   std::printf("%s", routing.report().c_str());
 
   std::map<std::string, double> metrics =
-      evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device());
+      evaluate(trainer.model(), run_config, trainer.tokenizer(), trainer.device(), group.get());
   append_eval_record(workdir / "evals.jsonl", run_config.train.steps, metrics);
   if (run_config.train.tensorboard) {
     EventWriter events((workdir / "tensorboard").string());

@@ -19,6 +19,7 @@
 #include "imp/data/captions.h"
 #include "imp/dist/collectives.h"
 #include "imp/dist/process_group.h"
+#include "imp/moe/moe_layer.h"
 #include "imp/tasks/variants.h"
 #include "imp/train/checkpoint.h"
 #include "imp/train/lr_schedule.h"
@@ -298,14 +299,7 @@ Trainer::~Trainer() = default;
 bool Trainer::is_primary() const { return group_ == nullptr || group_->rank() == 0; }
 
 void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
-  for (const auto& task : tasks_) {
-    // NOTE: contrastive losses need every rank's embeddings (a gathered
-    // similarity matrix and global positive groups), which is not built yet.
-    IMP_REQUIRE(ConfigError, task->config().objective != "nce", "task '", task->name(),
-                "': nce tasks cannot run in several processes yet; train them in one process, or "
-                "leave them out of a multi-process run");
-    task->set_shard(group->rank(), group->world_size());
-  }
+  for (const auto& task : tasks_) task->set_process_group(group.get());
   // Every rank starts from rank 0's weights.
   {
     torch::NoGradGuard no_grad;
@@ -314,8 +308,142 @@ void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
       group->broadcast(data, 0);
     }
   }
-  reducer_ = std::make_unique<dist::GradientReducer>(*group, model_->parameters());
   group_ = std::move(group);
+  std::vector<torch::Tensor> replicated = model_->parameters();
+  if (config_.train.expert_parallel) {
+    const std::vector<torch::Tensor> experts = expert_parameters();
+    IMP_REQUIRE(ConfigError, !experts.empty(), "train.expert_parallel shards the experts of MoE "
+                "layers, but the model has none; set model.moe.every or turn expert_parallel off");
+    shard_experts();
+    if (group_->rank() == 0) {
+      std::printf("expert parallel: each of the %d processes holds %lld of the %d experts of each MoE layer\n",
+                  group_->world_size(),
+                  static_cast<long long>(config_.model.moe.num_experts / group_->world_size()),
+                  config_.model.moe.num_experts);
+    }
+    std::set<const void*> sharded;
+    for (const torch::Tensor& parameter : experts) sharded.insert(parameter.unsafeGetTensorImpl());
+    replicated.erase(std::remove_if(replicated.begin(), replicated.end(),
+                                    [&](const torch::Tensor& parameter) {
+                                      return sharded.count(parameter.unsafeGetTensorImpl()) > 0;
+                                    }),
+                     replicated.end());
+  }
+  reducer_ = std::make_unique<dist::GradientReducer>(*group_, replicated);
+  reducer_->register_backward_hooks();
+}
+
+std::vector<torch::Tensor> Trainer::expert_parameters() {
+  std::vector<torch::Tensor> result;
+  for (const auto& module : model_->modules(/*include_self=*/false)) {
+    if (auto layer = std::dynamic_pointer_cast<MoeLayerImpl>(module)) {
+      for (torch::Tensor& parameter : layer->expert_parameters()) result.push_back(parameter);
+    }
+  }
+  return result;
+}
+
+namespace {
+
+// AdamW's state of `parameter`, or null when it has none yet.
+torch::optim::AdamWParamState* adam_state(torch::optim::AdamW& optimizer, const torch::Tensor& parameter) {
+  auto it = optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
+  return it == optimizer.state().end() ? nullptr
+                                       : static_cast<torch::optim::AdamWParamState*>(it->second.get());
+}
+
+}  // namespace
+
+void Trainer::shard_experts() {
+  if (experts_sharded_) return;
+  const int64_t world = group_->world_size();
+  // The moments first, while the parameters still have their whole shape.
+  for (const torch::Tensor& parameter : expert_parameters()) {
+    torch::optim::AdamWParamState* state = adam_state(*optimizer_, parameter);
+    if (state == nullptr) continue;
+    const int64_t local = parameter.size(0) / world;
+    auto slice = [&](const at::Tensor& whole) {
+      return whole.defined() ? whole.narrow(0, group_->rank() * local, local).clone() : whole;
+    };
+    state->exp_avg(slice(state->exp_avg()));
+    state->exp_avg_sq(slice(state->exp_avg_sq()));
+    state->max_exp_avg_sq(slice(state->max_exp_avg_sq()));
+  }
+  for (const auto& module : model_->modules(/*include_self=*/false)) {
+    if (auto layer = std::dynamic_pointer_cast<MoeLayerImpl>(module)) layer->shard_experts(*group_);
+  }
+  experts_sharded_ = true;
+}
+
+void Trainer::unshard_experts() {
+  if (!experts_sharded_) return;
+  const std::vector<torch::Tensor> parameters = expert_parameters();
+  // Which parameters have moments on some rank: a parameter no task has
+  // reached yet has none anywhere; one that has them somewhere is gathered,
+  // with zeros from ranks that lack them.
+  at::Tensor present = at::zeros({static_cast<int64_t>(parameters.size())}, at::kLong);
+  at::Tensor steps = at::zeros({static_cast<int64_t>(parameters.size())}, at::kLong);
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    if (torch::optim::AdamWParamState* state = adam_state(*optimizer_, parameters[i])) {
+      present[static_cast<int64_t>(i)] = 1;
+      steps[static_cast<int64_t>(i)] = state->step();
+    }
+  }
+  std::vector<at::Tensor> counts{present, steps};
+  group_->all_reduce_sum(counts);
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const int64_t holders = counts[0][static_cast<int64_t>(i)].item<int64_t>();
+    if (holders == 0) continue;
+    torch::optim::AdamWParamState* state = adam_state(*optimizer_, parameters[i]);
+    if (state == nullptr) {
+      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+      fresh->exp_avg(torch::zeros_like(parameters[i]));
+      fresh->exp_avg_sq(torch::zeros_like(parameters[i]));
+      state = fresh.get();
+      optimizer_->state()[c10::guts::to_string(parameters[i].unsafeGetTensorImpl())] = std::move(fresh);
+    }
+    // Every holder took the same steps, so the sum over holders divided by
+    // their number is that step.
+    state->step(counts[1][static_cast<int64_t>(i)].item<int64_t>() / holders);
+    state->exp_avg(group_->all_gather(state->exp_avg()));
+    state->exp_avg_sq(group_->all_gather(state->exp_avg_sq()));
+  }
+  for (const auto& module : model_->modules(/*include_self=*/false)) {
+    if (auto layer = std::dynamic_pointer_cast<MoeLayerImpl>(module)) layer->unshard_experts();
+  }
+  experts_sharded_ = false;
+}
+
+double Trainer::clip_gradients(double max_norm) {
+  const double limit = max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity();
+  if (!experts_sharded_) return torch::nn::utils::clip_grad_norm_(model_->parameters(), limit);
+  // Replicated gradients are equal on every rank after the reduction; each
+  // rank holds its own experts' gradients.
+  std::set<const void*> sharded;
+  for (const torch::Tensor& parameter : expert_parameters()) sharded.insert(parameter.unsafeGetTensorImpl());
+  double replicated = 0.0;
+  at::Tensor own = at::zeros({1}, at::kDouble);
+  std::vector<torch::Tensor> with_gradient;
+  for (const torch::Tensor& parameter : model_->parameters()) {
+    if (!parameter.grad().defined()) continue;
+    with_gradient.push_back(parameter);
+    const double square = parameter.grad().to(at::kDouble).pow(2).sum().item<double>();
+    if (sharded.count(parameter.unsafeGetTensorImpl())) {
+      own[0] += square;
+    } else {
+      replicated += square;
+    }
+  }
+  std::vector<at::Tensor> total{own};
+  group_->all_reduce_sum(total);
+  const double norm = std::sqrt(replicated + total[0][0].item<double>());
+  // The same coefficient as clip_grad_norm_.
+  const double coefficient = limit / (norm + 1e-6);
+  if (coefficient < 1.0) {
+    torch::NoGradGuard no_grad;
+    for (torch::Tensor& parameter : with_gradient) parameter.mutable_grad().mul_(coefficient);
+  }
+  return norm;
 }
 
 void Trainer::resume(const std::string& checkpoint) {
@@ -380,12 +508,9 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
     result.output = task.compute_loss(model_, to_device(batch, device_));
   }
   if (group_) {
-    // Each rank's mean loss weighs in by its share of the batch's rows, so
-    // that averaging the ranks' gradients gives the whole batch's mean, also
-    // when the rows do not split evenly. The loss logged is that mean.
+    // Each rank's loss is its part of the whole batch's (see
+    // TaskOutput::loss): their mean is the loss logged.
     const double world = group_->world_size();
-    const double share = static_cast<double>(batch.size()) / task.config().batch_size;
-    result.output.loss = result.output.loss * (world * share);
     // One sum for the logs: the loss, and the tokens of all ranks.
     at::Tensor sums = at::zeros({2}, at::kDouble);
     sums[0] = result.output.loss.detach().to(at::kCPU, at::kDouble).reshape({});
@@ -403,6 +528,10 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
                                 "train.optimizer.warmup_steps or set "
                                 "train.optimizer.clip_grad_norm"));
   }
+  // Gradients are averaged while the backward pass runs, except where
+  // rematerialised blocks run backward passes of their own, which add to a
+  // parameter's gradient more than once.
+  if (reducer_ && !task.config().rematerialize) reducer_->prepare_for_backward();
   result.output.loss.backward();
   if (group_) {
     // A parameter no rank's pass reached keeps no gradient, as in one
@@ -418,11 +547,17 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
     for (size_t i = 0; i < parameters.size(); ++i) {
       if (counts[0][static_cast<int64_t>(i)].item<int>() == 0) parameters[i].mutable_grad().reset();
     }
+    if (experts_sharded_) {
+      // A rank's experts received the gradients of every rank's loss
+      // through the all-to-all; their mean over ranks is that sum / world.
+      torch::NoGradGuard no_grad;
+      for (torch::Tensor& parameter : expert_parameters()) {
+        if (parameter.grad().defined()) parameter.mutable_grad().div_(static_cast<double>(group_->world_size()));
+      }
+    }
   }
 
-  const double max_norm = config_.train.optimizer.clip_grad_norm;
-  result.grad_norm = torch::nn::utils::clip_grad_norm_(
-      model_->parameters(), max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity());
+  result.grad_norm = clip_gradients(config_.train.optimizer.clip_grad_norm);
   optimizer_->step();
   return result;
 }
@@ -566,7 +701,16 @@ TrainSummary Trainer::train() {
       interval = Interval();
     }
 
-    if (primary && eval_hook_ && config_.eval.every > 0 && done % config_.eval.every == 0 && done < train.steps) {
+    const bool evaluate_now =
+        eval_hook_ && config_.eval.every > 0 && done % config_.eval.every == 0 && done < train.steps;
+    const bool save_now =
+        done == train.steps || (train.checkpoint_every > 0 && done % train.checkpoint_every == 0);
+    // Evaluations and checkpoints see every expert; after the last step the
+    // experts stay gathered for the caller.
+    if (evaluate_now || save_now) unshard_experts();
+    // In a multi-process run every rank evaluates (its part of the test
+    // sets); rank 0 writes the results.
+    if (evaluate_now) {
       progress.finish();
       // Evaluation must not move the random generators: a resumed run that
       // evaluates at other steps would otherwise draw other tokens to drop.
@@ -588,7 +732,7 @@ TrainSummary Trainer::train() {
         events->flush();
       }
     }
-    if (primary && (done == train.steps || (train.checkpoint_every > 0 && done % train.checkpoint_every == 0))) {
+    if (primary && save_now) {
       const auto saving = Clock::now();
       const std::string path = write_checkpoint(done);
       char line[512];
@@ -596,7 +740,9 @@ TrainSummary Trainer::train() {
                     std::chrono::duration<double>(Clock::now() - saving).count());
       progress.print_line(line);
     }
+    if (group_ && config_.train.expert_parallel && done < train.steps) shard_experts();
   }
+  if (group_) unshard_experts();
   progress.finish();
   for (const auto& [signature, task] : signature_order) {
     std::vector<double>& times = signature_times.at(signature);

@@ -76,10 +76,15 @@ class Trainer {
 
   // Sets up data-parallel training with the other processes of `group`.
   // Every task builds only this rank's rows of each batch, and the weights
-  // start as rank 0's. Gradients are averaged over the ranks after each
-  // backward pass. Only rank 0 writes logs and checkpoints and calls the
-  // eval hook.
-  // Throws ConfigError for a task that cannot run data-parallel yet.
+  // start as rank 0's. Gradients are averaged over the ranks in buckets
+  // while the backward pass runs (after it, for tasks that rematerialise).
+  // Only rank 0 writes logs and checkpoints; every rank calls the eval hook,
+  // which must therefore evaluate with the group.
+  // With train.expert_parallel, each MoE layer's experts (and their AdamW
+  // moments) are sharded across the ranks (MoeLayerImpl::shard_experts);
+  // checkpoints and evaluations gather them first, and train() returns with
+  // every rank holding all experts again.
+  // Throws ConfigError when the config cannot run on this many processes.
   void set_process_group(std::shared_ptr<dist::ProcessGroup> group);
   // Whether this process writes the run's files: rank 0, or the only one.
   bool is_primary() const;
@@ -125,6 +130,16 @@ class Trainer {
  private:
   struct StepResult;
   StepResult step(int64_t step_index, size_t task_index, const Batch& batch);
+  // The MoE layers' expert parameters, in model order.
+  std::vector<torch::Tensor> expert_parameters();
+  // Expert parallelism: keep this rank's experts and their moments, or
+  // gather every rank's (a collective).
+  void shard_experts();
+  void unshard_experts();
+  // The gradient norm over all ranks' parameters, clipped to max_norm (no
+  // clipping when max_norm <= 0); like torch::nn::utils::clip_grad_norm_,
+  // with the sharded experts' squares summed over the ranks.
+  double clip_gradients(double max_norm);
 
   Config config_;
   c10::Device device_;
@@ -141,6 +156,7 @@ class Trainer {
   EvalHook eval_hook_;
   std::shared_ptr<dist::ProcessGroup> group_;
   std::unique_ptr<dist::GradientReducer> reducer_;
+  bool experts_sharded_ = false;
 };
 
 // Drops the records of a JSON Lines log whose "step" is above `step`, so that
