@@ -78,6 +78,7 @@ struct RunConfig {
       "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 7}\n";
   std::string train_extra;
   std::string model_extra;
+  int group_size = 4;
   // Train shards: both, or only the first (fewer shards than processes).
   std::string train_shards = "train-{000000..000001}.tar";
 };
@@ -86,7 +87,7 @@ fs::path write_config(const fs::path& dir, const std::string& name, const RunCon
   const fs::path path = dir / (name + ".yaml");
   std::ofstream(path) << "workdir: " << (dir / name).string() << "\n"
       << "cache_dir: " << (dir / "cache").string() << "\n"
-      << "model: {preset: tiny, num_layers: 2, moe: {group_size: 4" << run.model_extra << "},"
+      << "model: {preset: tiny, num_layers: 2, moe: {group_size: " << run.group_size << run.model_extra << "},"
       << " vision: {channels: 3, patch: [1, 8, 8], grid: [1, 2, 2]}}\n"
       << "datasets:\n"
       << "  - {name: colours, type: webdataset, train: [\"" << (dir / run.train_shards).string()
@@ -199,12 +200,19 @@ TEST(DataParallel, ContrastiveMatchesOneProcess) {
 // layer. The run equals one process; its checkpoints hold every expert, so
 // one process resumes from the middle and ends where it did; and the
 // evaluation, shared by the two processes, gives one process's results.
+// Classification drops half of each image's tokens: the processes draw
+// DropToken for the whole batch and keep their rows, as one process would.
+// Routing groups of 2 tokens then hold one image, or an eighth of a text.
 TEST(ExpertParallel, MatchesOneProcessAndResumes) {
   ScratchDir scratch("imp_expert_parallel");
   const fs::path dir(scratch.path());
   write_colour_shards(dir);
   RunConfig run;
-  run.tasks = kBothObjectives;
+  run.tasks =
+      "  - {name: colours_cls, dataset: colours, modalities: [image], objective: softmax_ce, batch_size: 7,"
+      " drop_tokens: 0.5}\n"
+      "  - {name: colours_nce, dataset: colours, modalities: [image, text], objective: nce, batch_size: 7}\n";
+  run.group_size = 2;
   run.train_extra = " checkpoint_every: 3,";
   Result one = run_imp("train " + write_config(dir, "one", run).string());
   ASSERT_EQ(one.status, 0) << one.output;

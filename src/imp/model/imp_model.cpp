@@ -54,8 +54,13 @@ Encoded ImpModelImpl::encode(const std::string& modality, const torch::Tensor& i
   }
 
   if (options.drop_tokens > 0.0 && modality != kText && !mask.defined()) {
+    const int64_t rows = tokens.size(0);
+    const int64_t whole = options.batch_rows > 0 ? options.batch_rows : rows;
+    TORCH_CHECK(options.first_row >= 0 && options.first_row + rows <= whole, "rows [",
+                options.first_row, ", ", options.first_row + rows, ") are outside a batch of ", whole);
     const torch::Tensor keep =
-        droptoken_keep_indices(tokens.size(0), tokens.size(1), options.drop_tokens, tokens.device());
+        droptoken_keep_indices(whole, tokens.size(1), options.drop_tokens, tokens.device())
+            .narrow(0, options.first_row, rows);
     tokens = tokens.gather(1, keep.unsqueeze(-1).expand({-1, -1, tokens.size(2)}));
   }
 

@@ -41,6 +41,12 @@ struct EncodeOptions {
   // Recompute each encoder block in the backward pass instead of keeping
   // its activations (EncoderImpl::forward).
   bool rematerialize = false;
+  // The input's rows as rows [first_row, first_row + B) of a batch of
+  // batch_rows (0: the input is the whole batch). DropToken then draws for
+  // the whole batch and keeps the input's rows, so that processes sharing a
+  // batch drop the tokens one process would.
+  int64_t first_row = 0;
+  int64_t batch_rows = 0;
 };
 
 // Indices [B, K] of the tokens each of B examples keeps when DropToken drops

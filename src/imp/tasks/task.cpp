@@ -112,6 +112,10 @@ EncodeOptions Task::encode_options() const {
   EncodeOptions options;
   options.drop_tokens = config_.drop_tokens;
   options.rematerialize = config_.rematerialize;
+  if (shard_world_ > 1) {
+    options.first_row = shard_rows().first;
+    options.batch_rows = config_.batch_size;
+  }
   return options;
 }
 
