@@ -170,6 +170,14 @@ TEST(DataParallel, TwoProcessesEqualOneOnTheWholeBatch) {
   expect_same_weights(dir / "one" / "model.safetensors", dir / "two" / "model.safetensors");
   // The logged loss is the whole batch's mean on both.
   expect_same_losses(dir / "one" / "train_log.jsonl", dir / "two" / "train_log.jsonl", 6);
+  // The routing counts are those of both processes' tokens.
+  const nlohmann::json a = nlohmann::json::parse(read_text(dir / "one" / "routing.json"));
+  const nlohmann::json b = nlohmann::json::parse(read_text(dir / "two" / "routing.json"));
+  const nlohmann::json& image_a = a["layers"][0]["modalities"]["image"];
+  const nlohmann::json& image_b = b["layers"][0]["modalities"]["image"];
+  EXPECT_EQ(image_b["num_tokens"], image_a["num_tokens"]);
+  EXPECT_EQ(image_b["tokens_per_expert"], image_a["tokens_per_expert"]);
+  EXPECT_EQ(image_b["top_choice_per_expert"], image_a["top_choice_per_expert"]);
 }
 
 // Contrastive steps gather both embeddings, so each row meets the negatives

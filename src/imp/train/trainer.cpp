@@ -309,6 +309,9 @@ void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
     }
   }
   group_ = std::move(group);
+  // Each rank counts its own tokens' routing and the reports sum the ranks'
+  // counts, so counts restored from a checkpoint stay with rank 0 alone.
+  if (group_->rank() != 0) model_->routing_stats().reset();
   std::vector<torch::Tensor> replicated = model_->parameters();
   if (config_.train.expert_parallel) {
     const std::vector<torch::Tensor> experts = expert_parameters();
@@ -353,6 +356,47 @@ torch::optim::AdamWParamState* adam_state(torch::optim::AdamW& optimizer, const 
 }
 
 }  // namespace
+
+RoutingStats Trainer::routing_over_ranks() {
+  if (!group_) return model_->routing_stats();
+  // Every rank ran the same tasks, so the counts have the same layout on
+  // all of them: the same layers, modalities and experts, in the same order.
+  nlohmann::json json = model_->routing_stats().to_json();
+  std::vector<int64_t*> fields;
+  std::vector<int64_t> values;
+  for (nlohmann::json& entry : json["layers"]) {
+    for (auto& [modality, counts] : entry["modalities"].items()) {
+      for (const char* list : {"tokens_per_expert", "top_choice_per_expert"}) {
+        for (nlohmann::json& value : counts[list]) values.push_back(value.get<int64_t>());
+      }
+      for (const char* count : {"num_tokens", "dropped_tokens", "num_passes"}) {
+        values.push_back(counts[count].get<int64_t>());
+      }
+    }
+  }
+  // The layout check first, so that ranks that differ get an error rather
+  // than a wrong sum.
+  std::vector<at::Tensor> size{at::full({1}, static_cast<int64_t>(values.size()), at::kLong)};
+  group_->all_reduce_sum(size);
+  IMP_REQUIRE(TrainingError, size[0].item<int64_t>() == static_cast<int64_t>(values.size()) * group_->world_size(),
+              "the ranks' routing counts differ in layout (rank ", group_->rank(), " has ", values.size(),
+              " counts); the ranks did not run the same tasks");
+  std::vector<at::Tensor> sums{at::tensor(values, at::kLong)};
+  group_->all_reduce_sum(sums);
+  const int64_t* summed = sums[0].data_ptr<int64_t>();
+  size_t next = 0;
+  for (nlohmann::json& entry : json["layers"]) {
+    for (auto& [modality, counts] : entry["modalities"].items()) {
+      for (const char* list : {"tokens_per_expert", "top_choice_per_expert"}) {
+        for (nlohmann::json& value : counts[list]) value = summed[next++];
+      }
+      for (const char* count : {"num_tokens", "dropped_tokens", "num_passes"}) counts[count] = summed[next++];
+    }
+  }
+  RoutingStats total;
+  total.from_json(json);
+  return total;
+}
 
 void Trainer::shard_experts() {
   if (experts_sharded_) return;
@@ -600,12 +644,12 @@ TrainSummary Trainer::train() {
   auto training_seconds = [&] {
     return resumed_seconds_ + std::chrono::duration<double>(Clock::now() - start - eval_duration).count();
   };
-  auto write_checkpoint = [&](int64_t step) {
+  auto write_checkpoint = [&](int64_t step, const nlohmann::json& routing) {
     TrainingState state;
     state.step = step;
     state.total_steps = train.steps;
     for (size_t t = 0; t < tasks_.size(); ++t) state.task_batches[tasks_[t]->name()] = batches[t];
-    state.routing = model_->routing_stats().to_json();
+    state.routing = routing;
     state.train_seconds = training_seconds();
     capture_rng(state);
     return save_checkpoint(config_.workdir, model_, *optimizer_, state, config_yaml, tokenizer_path_,
@@ -615,7 +659,7 @@ TrainSummary Trainer::train() {
   ProgressDisplay progress(primary ? train.progress : "lines", start_step_, train.steps);
   TrainSummary summary;
   Interval interval;
-  RoutingSnapshot routing_before = snapshot(model_->routing_stats());
+  RoutingSnapshot routing_before = snapshot(routing_over_ranks());
   std::map<std::string, std::vector<double>> signature_times;         // step times in ms
   std::vector<std::pair<std::string, std::string>> signature_order;  // signature, first task
   for (int64_t s = start_step_; s < train.steps; ++s) {
@@ -663,7 +707,7 @@ TrainSummary Trainer::train() {
         losses[task] = sum_count.first / sum_count.second;
         counts[task] = sum_count.second;
       }
-      const RoutingSnapshot routing_now = snapshot(model_->routing_stats());
+      const RoutingSnapshot routing_now = snapshot(routing_over_ranks());
       const nlohmann::json metrics = {
           {"step", done},
           {"total_steps", train.steps},
@@ -732,9 +776,12 @@ TrainSummary Trainer::train() {
         events->flush();
       }
     }
+    // The routing counts of all ranks: a collective, so outside the
+    // primary's branch.
+    const nlohmann::json routing = save_now ? routing_over_ranks().to_json() : nlohmann::json();
     if (primary && save_now) {
       const auto saving = Clock::now();
-      const std::string path = write_checkpoint(done);
+      const std::string path = write_checkpoint(done, routing);
       char line[512];
       std::snprintf(line, sizeof(line), "checkpoint: %s (%.1f s)", path.c_str(),
                     std::chrono::duration<double>(Clock::now() - saving).count());
@@ -742,7 +789,11 @@ TrainSummary Trainer::train() {
     }
     if (group_ && config_.train.expert_parallel && done < train.steps) shard_experts();
   }
-  if (group_) unshard_experts();
+  if (group_) {
+    unshard_experts();
+    // What the caller reports (routing.json): every rank's tokens.
+    model_->routing_stats() = routing_over_ranks();
+  }
   progress.finish();
   for (const auto& [signature, task] : signature_order) {
     std::vector<double>& times = signature_times.at(signature);

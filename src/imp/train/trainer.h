@@ -75,6 +75,8 @@ class Trainer {
   ~Trainer();
 
   // Sets up data-parallel training with the other processes of `group`.
+  // Routing counts in the logs, checkpoints and after train() are those of
+  // all ranks.
   // Every task builds only this rank's rows of each batch, and the weights
   // start as rank 0's. Gradients are averaged over the ranks in buckets
   // while the backward pass runs (after it, for tasks that rematerialise).
@@ -130,6 +132,9 @@ class Trainer {
  private:
   struct StepResult;
   StepResult step(int64_t step_index, size_t task_index, const Batch& batch);
+  // The routing counts of every rank summed (a collective in a
+  // multi-process run), or this process's.
+  RoutingStats routing_over_ranks();
   // The MoE layers' expert parameters, in model order.
   std::vector<torch::Tensor> expert_parameters();
   // Expert parallelism: keep this rank's experts and their moments, or
