@@ -251,6 +251,41 @@ TEST(ExpertParallel, MatchesOneProcessAndResumes) {
   expect_same_losses(dir / "one" / "train_log.jsonl", dir / "resumed" / "train_log.jsonl", 6);
 }
 
+// Processes started with different WORLD_SIZE values both stop at the
+// rendezvous, each naming the two sizes, instead of failing inside Gloo or
+// waiting for a process that never comes.
+TEST(DataParallel, MismatchedWorldSizeIsNamed) {
+  ScratchDir scratch("imp_data_parallel_world");
+  const fs::path dir(scratch.path());
+  write_colour_shards(dir);
+  RunConfig run;
+  run.train_extra = " collective_timeout: 60,";
+  const fs::path config = write_config(dir, "run", run);
+  const int port = free_port();
+  ASSERT_GT(port, 0);
+  std::vector<pid_t> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    ranks.push_back(spawn_imp(
+        {"train", config.string()},
+        {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
+         "WORLD_SIZE=" + std::to_string(rank == 0 ? 2 : 3), "MASTER_ADDR=127.0.0.1",
+         "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
+        dir / ("rank" + std::to_string(rank) + ".log")));
+    ASSERT_GT(ranks.back(), 0);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (int rank = 0; rank < 2; ++rank) {
+    const int status = wait_for(ranks[rank], std::chrono::seconds(50));
+    const std::string log = read_text(dir / ("rank" + std::to_string(rank) + ".log"));
+    EXPECT_EQ(status, 2) << log;
+    EXPECT_NE(log.find("config error"), std::string::npos) << log;
+    EXPECT_NE(log.find("WORLD_SIZE=3"), std::string::npos) << log;
+    EXPECT_NE(log.find("WORLD_SIZE=2"), std::string::npos) << log;
+  }
+  // Well before the 60 s timeout.
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);
+}
+
 TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
   ScratchDir scratch("imp_data_parallel_lost");
   const fs::path dir(scratch.path());

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <string>
+
 #include <thread>
 
 #include <ATen/Parallel.h>
@@ -27,12 +30,39 @@ TEST(ThreadEnvironment, UserSettingWins) {
   EXPECT_TRUE(preferred_thread_environment("fp32", "ACTIVE", "4").empty());
 }
 
-TEST(IntraOpThreads, ZeroMeansEveryCore) {
+TEST(IntraOpThreads, ZeroFollowsEnvironmentOrCores) {
   const int before = at::get_num_threads();
+  const char* saved = std::getenv("OMP_NUM_THREADS");
+  const std::string saved_value = saved != nullptr ? saved : "";
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
   imp::set_intra_op_threads(1);
   EXPECT_EQ(at::get_num_threads(), 1);
+  unsetenv("OMP_NUM_THREADS");
   imp::set_intra_op_threads(0);
-  EXPECT_EQ(at::get_num_threads(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  EXPECT_EQ(at::get_num_threads(), cores);
+  // Processes launched together on one machine share its cores.
+  imp::set_intra_op_threads(0, 2);
+  EXPECT_EQ(at::get_num_threads(), std::max(1, cores / 2));
+  imp::set_intra_op_threads(0, 4 * cores);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  // OMP_NUM_THREADS wins over the share, as in PyTorch; nonsense is ignored.
+  setenv("OMP_NUM_THREADS", "3", 1);
+  imp::set_intra_op_threads(0, 2);
+  EXPECT_EQ(at::get_num_threads(), 3);
+  setenv("OMP_NUM_THREADS", "many", 1);
+  imp::set_intra_op_threads(0);
+  EXPECT_EQ(at::get_num_threads(), cores);
+  // An explicit count wins over both.
+  setenv("OMP_NUM_THREADS", "3", 1);
+  imp::set_intra_op_threads(2);
+  EXPECT_EQ(at::get_num_threads(), 2);
+
+  if (saved != nullptr) {
+    setenv("OMP_NUM_THREADS", saved_value.c_str(), 1);
+  } else {
+    unsetenv("OMP_NUM_THREADS");
+  }
   at::set_num_threads(before);
 }
 

@@ -196,7 +196,7 @@ struct TrainConfig {
   unsigned long long seed = 0;
   std::string sampler = "multinomial";  // or "round_robin"
   int log_every = 50;              // steps between log lines
-  int threads = 0;                 // intra-op threads; 0 = all cores
+  int threads = 0;                 // intra-op threads; 0 = OMP_NUM_THREADS, else the cores shared by this machine's processes
   int workers = 2;                 // background threads that prepare batches
   int prefetch = 2;                // batches kept ready per task
   std::string dtype = "fp32";      // fp32 or bf16 (autocast; weights stay fp32)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include <ATen/Parallel.h>
 
@@ -23,9 +24,14 @@ EnvironmentVariables preferred_thread_environment(const std::string& dtype,
   return {{"OMP_WAIT_POLICY", "PASSIVE"}};
 }
 
-void set_intra_op_threads(int threads) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(threads > 0 ? threads : cores);
+void set_intra_op_threads(int threads, int processes_on_node) {
+  if (threads <= 0) {
+    const char* from_environment = std::getenv("OMP_NUM_THREADS");
+    const int requested = from_environment != nullptr ? std::atoi(from_environment) : 0;
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = requested > 0 ? requested : std::max(1, cores / std::max(1, processes_on_node));
+  }
+  at::set_num_threads(threads);
 }
 
 std::string thread_settings() {
@@ -42,6 +48,14 @@ void reexec_with_thread_environment(const std::string& dtype, char** argv) {
       dtype, std::getenv("OMP_WAIT_POLICY"), std::getenv("OPENBLAS_NUM_THREADS"));
   if (settings.empty()) return;
   for (const auto& [name, value] : settings) setenv(name.c_str(), value.c_str(), 1);
+  // The executable's own path rather than /proc/self/exe, so that the new
+  // process keeps its name (ps and pgrep would show "exe").
+  std::vector<char> path(4096);
+  const ssize_t length = readlink("/proc/self/exe", path.data(), path.size() - 1);
+  if (length > 0) {
+    path[static_cast<size_t>(length)] = '\0';
+    execv(path.data(), argv);
+  }
   execv("/proc/self/exe", argv);
 }
 

@@ -30,9 +30,12 @@ EnvironmentVariables preferred_thread_environment(const std::string& dtype,
                                                   const char* omp_wait_policy,
                                                   const char* openblas_num_threads);
 
-// Sets LibTorch's intra-op thread count to `threads`, or to the number of
-// cores when `threads` is 0 (the train.threads key).
-void set_intra_op_threads(int threads);
+// Sets LibTorch's intra-op thread count to `threads` (the train.threads
+// key). When `threads` is 0: OMP_NUM_THREADS when it is set to a positive
+// number, as PyTorch does, else the cores shared evenly among the
+// `processes_on_node` processes a launcher started on this machine (at
+// least one thread each).
+void set_intra_op_threads(int threads, int processes_on_node = 1);
 
 // One line for logs: LibTorch's thread count and the two variables, e.g.
 // "2 threads, OMP_WAIT_POLICY (unset), OPENBLAS_NUM_THREADS=1".

@@ -191,17 +191,32 @@ ProcessGroup::ProcessGroup(const LaunchEnvironment& env, ProcessGroupOptions opt
               options_.heartbeat_interval.count(), " ms; it must be positive");
 
   const std::string where = str_cat(env_.master_addr, ":", env_.master_port);
+  const auto start = Clock::now();
+  // The store's connection and the wait for every rank share one timeout.
+  auto remaining = [&] {
+    const auto left = std::chrono::duration_cast<Milliseconds>(options_.timeout - (Clock::now() - start));
+    return std::max(left, Milliseconds(1000));
+  };
   try {
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<std::uint16_t>(env_.master_port);
     store_options.isServer = env_.rank == 0;
     store_options.numWorkers = static_cast<std::size_t>(env_.world_size);
-    store_options.waitWorkers = true;
+    // The ranks wait for each other below, where a rank started with
+    // another WORLD_SIZE can be named.
+    store_options.waitWorkers = false;
     store_options.timeout = options_.timeout;
     auto tcp_store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, store_options);
     tcp_store_ = tcp_store;
     imp_store_ = c10::make_intrusive<c10d::PrefixStore>("imp", tcp_store_);
+    tcp_store_->setTimeout(remaining());
+    check_world_size();
 
+    rendezvous_stage_ = "connecting the backend";
+    tcp_store_->setTimeout(options_.timeout);
+    // By now every rank has reached the store, so connecting the backend
+    // waits only for ranks still starting it. Its timeout (the collectives'
+    // default) stays the full one.
     create_backend(c10::make_intrusive<c10d::PrefixStore>("imp/backend", tcp_store_));
 
     if (env_.world_size > 1) {
@@ -214,10 +229,13 @@ ProcessGroup::ProcessGroup(const LaunchEnvironment& env, ProcessGroupOptions opt
   } catch (const ConfigError&) {
     throw;
   } catch (const std::exception& error) {
+    const double waited = std::chrono::duration<double>(Clock::now() - start).count();
     throw TrainingError(str_cat(
         "the rendezvous of rank ", env_.rank, " of ", env_.world_size, " (", launcher_name(env_.launcher),
-        ") at ", where, " failed within ", format_seconds(options_.timeout.count() / 1000.0),
-        " s: ", short_message(error), ". Check that all ", env_.world_size,
+        ") at ", where, " failed after ", format_seconds(waited), " s (limit ",
+        format_seconds(options_.timeout.count() / 1000.0), " s",
+        rendezvous_stage_.empty() ? "" : ", " + rendezvous_stage_, "): ", short_message(error),
+        ". Check that all ", env_.world_size,
         " processes were started with the same MASTER_ADDR and MASTER_PORT, that rank 0 is running "
         "and can listen on that port, and that the port is reachable from this host"));
   }
@@ -229,6 +247,33 @@ bool nccl_available() {
 #else
   return false;
 #endif
+}
+
+void ProcessGroup::check_world_size() {
+  // Rank 0 publishes its world size; every other rank compares its own with
+  // it and reports its own under its rank, which rank 0 waits for and
+  // compares in turn. Both sides of a mismatch thus name it.
+  auto as_bytes = [](const std::string& text) { return std::vector<uint8_t>(text.begin(), text.end()); };
+  const std::string mine = std::to_string(env_.world_size);
+  if (env_.rank == 0) {
+    imp_store_->set("world_size", as_bytes(mine));
+    for (int rank = 1; rank < env_.world_size; ++rank) {
+      rendezvous_stage_ = str_cat("waiting for rank ", rank, " to join");
+      const std::vector<uint8_t> theirs = imp_store_->get(str_cat("joined/", rank));
+      const std::string text(theirs.begin(), theirs.end());
+      IMP_REQUIRE(ConfigError, text == mine, "rank ", rank, " was started with WORLD_SIZE=", text,
+                  " but rank 0 with WORLD_SIZE=", mine,
+                  "; start every process with the same WORLD_SIZE (the number of processes)");
+    }
+    return;
+  }
+  imp_store_->set(str_cat("joined/", env_.rank), as_bytes(mine));
+  rendezvous_stage_ = "waiting for rank 0";
+  const std::vector<uint8_t> rank0 = imp_store_->get("world_size");
+  const std::string text(rank0.begin(), rank0.end());
+  IMP_REQUIRE(ConfigError, text == mine, "this process (rank ", env_.rank, ") was started with WORLD_SIZE=",
+              mine, " but rank 0 with WORLD_SIZE=", text,
+              "; start every process with the same WORLD_SIZE (the number of processes)");
 }
 
 void ProcessGroup::create_backend(const c10::intrusive_ptr<c10d::Store>& store) {

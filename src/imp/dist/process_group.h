@@ -136,10 +136,14 @@ class ProcessGroup {
   [[noreturn]] void throw_collective_failure(const PendingCollective& pending,
                                              const std::string& backend_error, bool timed_out);
   std::string diagnose_lost_ranks(uint64_t sequence);
+  // Throws ConfigError when this rank and rank 0 were started with
+  // different world sizes.
+  void check_world_size();
   void create_backend(const c10::intrusive_ptr<c10d::Store>& store);
 
   LaunchEnvironment env_;
   ProcessGroupOptions options_;
+  std::string rendezvous_stage_;  // what the rendezvous waits for, for its error message
   c10::intrusive_ptr<c10d::Store> tcp_store_;   // rank 0: also the server
   c10::intrusive_ptr<c10d::Store> imp_store_;   // prefix "imp" for heartbeats
   c10::intrusive_ptr<Backend> backend_;

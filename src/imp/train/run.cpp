@@ -177,6 +177,8 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   }
 
   Trainer trainer(run_config);
+  // Processes started together on one machine share its cores.
+  if (group) set_intra_op_threads(run_config.train.threads, launch.local_world_size.value_or(1));
   std::printf("model: preset %s, %lld parameters, %zu MoE layers, device %s, %s\n",
               run_config.model.preset.c_str(), static_cast<long long>(count_parameters(trainer.model())),
               trainer.model()->encoder()->moe_layers().size(), trainer.device().str().c_str(),
@@ -184,7 +186,12 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
   std::printf("threads: %s\n", thread_settings().c_str());
   if (!checkpoint.empty()) trainer.resume(checkpoint);
   if (!options.init_from.empty()) trainer.init_from(options.init_from);
-  if (group) trainer.set_process_group(group);
+  if (group) {
+    trainer.set_process_group(group);
+  } else if (run_config.train.expert_parallel) {
+    std::printf("note: train.expert_parallel shards experts across processes; this run has one, "
+                "which holds them all\n");
+  }
   trainer.set_eval_hook([&](int64_t step) {
     if (primary) std::printf("evaluating at step %lld\n", static_cast<long long>(step));
     std::map<std::string, double> metrics =

@@ -316,7 +316,9 @@ void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
   if (config_.train.expert_parallel) {
     const std::vector<torch::Tensor> experts = expert_parameters();
     IMP_REQUIRE(ConfigError, !experts.empty(), "train.expert_parallel shards the experts of MoE "
-                "layers, but the model has none; set model.moe.every or turn expert_parallel off");
+                "layers, but the model has none (model.moe.num_experts is ", config_.model.moe.num_experts,
+                "); set model.moe.num_experts to a multiple of the number of processes, or turn "
+                "expert_parallel off");
     shard_experts();
     if (group_->rank() == 0) {
       std::printf("expert parallel: each of the %d processes holds %lld of the %d experts of each MoE layer\n",
