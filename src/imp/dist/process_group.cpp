@@ -537,6 +537,16 @@ std::vector<int64_t> trailing_sizes(const at::Tensor& tensor) {
 
 }  // namespace
 
+namespace {
+
+// Whether `tensor` must travel as float32: Gloo has no bfloat16 (LibTorch
+// 1.13 rejects it with "Invalid scalar type"), and autocast produces it.
+bool needs_float_for_gloo(const at::Tensor& tensor, c10::DeviceType backend_device) {
+  return backend_device == c10::kCPU && tensor.scalar_type() == at::kBFloat16;
+}
+
+}  // namespace
+
 void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) {
   // One collective per tensor: c10d treats several tensors in one allreduce
   // call as copies on different devices, not as separate values.
@@ -544,7 +554,11 @@ void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) {
   std::vector<PendingCollective> pending;
   for (size_t i = 0; i < tensors.size(); ++i) {
     IMP_REQUIRE(TrainingError, tensors[i].defined(), "all_reduce_sum: tensor #", i, " is undefined");
-    dense[i] = tensors[i].is_contiguous() ? tensors[i] : tensors[i].contiguous();
+    if (needs_float_for_gloo(tensors[i], options_.device_type)) {
+      dense[i] = tensors[i].to(at::kFloat);
+    } else {
+      dense[i] = tensors[i].is_contiguous() ? tensors[i] : tensors[i].contiguous();
+    }
     pending.push_back(all_reduce_sum_async(dense[i]));
   }
   for (auto& collective : pending) wait(collective);
@@ -584,6 +598,9 @@ void ProcessGroup::barrier() {
 }
 
 at::Tensor ProcessGroup::all_gather(const at::Tensor& tensor, std::vector<int64_t>* gathered_counts) {
+  if (needs_float_for_gloo(tensor, options_.device_type)) {
+    return all_gather(tensor.to(at::kFloat), gathered_counts).to(at::kBFloat16);
+  }
   check_tensor_for_rows(tensor, "all_gather");
   const int64_t rows = tensor.size(0);
 
@@ -625,6 +642,9 @@ at::Tensor ProcessGroup::all_gather(const at::Tensor& tensor, std::vector<int64_
 
 at::Tensor ProcessGroup::all_to_all(const at::Tensor& tensor, const std::vector<int64_t>& send_counts,
                                     std::vector<int64_t>* received_counts) {
+  if (needs_float_for_gloo(tensor, options_.device_type)) {
+    return all_to_all(tensor.to(at::kFloat), send_counts, received_counts).to(at::kBFloat16);
+  }
   check_tensor_for_rows(tensor, "all_to_all");
   IMP_REQUIRE(TrainingError, static_cast<int>(send_counts.size()) == env_.world_size, "all_to_all: ",
               send_counts.size(), " send counts for ", env_.world_size, " ranks; pass one count per rank");

@@ -7,7 +7,8 @@
 // names that rank.
 //
 // Every rank must call the same collectives in the same order, as with any
-// c10d process group.
+// c10d process group. On Gloo, which has no bfloat16, bfloat16 tensors
+// travel as float32 and come back as bfloat16.
 #pragma once
 
 #include <ATen/ATen.h>
