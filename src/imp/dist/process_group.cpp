@@ -267,10 +267,12 @@ void ProcessGroup::check_world_size() {
     }
     return;
   }
-  imp_store_->set(str_cat("joined/", env_.rank), as_bytes(mine));
+  // Read first, then report: rank 0 stops as soon as it reads a report
+  // that differs, and the store it hosts goes with it.
   rendezvous_stage_ = "waiting for rank 0";
   const std::vector<uint8_t> rank0 = imp_store_->get("world_size");
   const std::string text(rank0.begin(), rank0.end());
+  imp_store_->set(str_cat("joined/", env_.rank), as_bytes(mine));
   IMP_REQUIRE(ConfigError, text == mine, "this process (rank ", env_.rank, ") was started with WORLD_SIZE=",
               mine, " but rank 0 with WORLD_SIZE=", text,
               "; start every process with the same WORLD_SIZE (the number of processes)");
