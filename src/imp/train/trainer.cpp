@@ -385,6 +385,7 @@ RoutingStats Trainer::routing_over_ranks() {
               " counts); the ranks did not run the same tasks");
   std::vector<at::Tensor> sums{at::tensor(values, at::kLong)};
   group_->all_reduce_sum(sums);
+
   const int64_t* summed = sums[0].data_ptr<int64_t>();
   size_t next = 0;
   for (nlohmann::json& entry : json["layers"]) {
@@ -424,9 +425,8 @@ void Trainer::shard_experts() {
 void Trainer::unshard_experts() {
   if (!experts_sharded_) return;
   const std::vector<torch::Tensor> parameters = expert_parameters();
-  // Which parameters have moments on some rank: a parameter no task has
-  // reached yet has none anywhere; one that has them somewhere is gathered,
-  // with zeros from ranks that lack them.
+  // A parameter no task has reached yet has no moments on any rank. One
+  // that has them on some rank is gathered, with zeros from the others.
   at::Tensor present = at::zeros({static_cast<int64_t>(parameters.size())}, at::kLong);
   at::Tensor steps = at::zeros({static_cast<int64_t>(parameters.size())}, at::kLong);
   for (size_t i = 0; i < parameters.size(); ++i) {
@@ -437,6 +437,7 @@ void Trainer::unshard_experts() {
   }
   std::vector<at::Tensor> counts{present, steps};
   group_->all_reduce_sum(counts);
+
   for (size_t i = 0; i < parameters.size(); ++i) {
     const int64_t holders = counts[0][static_cast<int64_t>(i)].item<int64_t>();
     if (holders == 0) continue;
@@ -463,8 +464,8 @@ void Trainer::unshard_experts() {
 double Trainer::clip_gradients(double max_norm) {
   const double limit = max_norm > 0 ? max_norm : std::numeric_limits<double>::infinity();
   if (!experts_sharded_) return torch::nn::utils::clip_grad_norm_(model_->parameters(), limit);
-  // Replicated gradients are equal on every rank after the reduction; each
-  // rank holds its own experts' gradients.
+  // Replicated gradients are equal on every rank after the reduction, while
+  // each rank has only its own experts' gradients.
   std::set<const void*> sharded;
   for (const torch::Tensor& parameter : expert_parameters()) sharded.insert(parameter.unsafeGetTensorImpl());
   double replicated = 0.0;
