@@ -105,6 +105,16 @@ void fill_master_for_single_process(const EnvironmentMap& variables, LaunchEnvir
   if (find_variable(variables, "MASTER_PORT") != nullptr) env.master_port = require_master_port(variables, "");
 }
 
+// Reads the number of processes and this process's rank from a launcher's
+// two variables, with the advice each error gives when one is missing.
+void read_world_and_rank(const EnvironmentMap& variables, const std::string& size_name,
+                         const std::string& size_advice, const std::string& rank_name,
+                         const std::string& rank_advice, LaunchEnvironment& env) {
+  env.world_size = check_world_size(size_name, require_integer(variables, size_name, size_advice));
+  env.rank = check_rank(rank_name, require_integer(variables, rank_name, rank_advice), env.world_size,
+                        size_name);
+}
+
 LaunchEnvironment detect_torchrun(const EnvironmentMap& variables) {
   LaunchEnvironment env;
   env.launcher = Launcher::kTorchrun;
@@ -116,10 +126,8 @@ LaunchEnvironment detect_torchrun(const EnvironmentMap& variables) {
   IMP_REQUIRE(ConfigError, find_variable(variables, "RANK") != nullptr,
               "environment variable WORLD_SIZE is set but RANK is not; ", pair_advice);
 
-  env.world_size = check_world_size(
-      "WORLD_SIZE", require_integer(variables, "WORLD_SIZE", "set it to the number of processes"));
-  env.rank = check_rank("RANK", require_integer(variables, "RANK", "set it to this process's index"),
-                        env.world_size, "WORLD_SIZE");
+  read_world_and_rank(variables, "WORLD_SIZE", "set it to the number of processes", "RANK",
+                      "set it to this process's index", env);
 
   if (auto local_size = optional_integer(variables, "LOCAL_WORLD_SIZE",
                                          "set it to the number of processes on this node")) {
@@ -143,13 +151,8 @@ LaunchEnvironment detect_torchrun(const EnvironmentMap& variables) {
 LaunchEnvironment detect_slurm(const EnvironmentMap& variables) {
   LaunchEnvironment env;
   env.launcher = Launcher::kSlurm;
-  env.world_size = check_world_size(
-      "SLURM_NTASKS",
-      require_integer(variables, "SLURM_NTASKS", "launch the job with srun, which sets it"));
-  env.rank = check_rank(
-      "SLURM_PROCID",
-      require_integer(variables, "SLURM_PROCID", "launch the job with srun, which sets it"),
-      env.world_size, "SLURM_NTASKS");
+  const std::string srun_advice = "launch the job with srun, which sets it";
+  read_world_and_rank(variables, "SLURM_NTASKS", srun_advice, "SLURM_PROCID", srun_advice, env);
   // SLURM_NTASKS_PER_NODE is a plain number only when every node runs the
   // same count; forms such as "2(x3),1" leave the local world size unknown.
   if (const std::string* per_node = find_variable(variables, "SLURM_NTASKS_PER_NODE")) {
@@ -160,8 +163,7 @@ LaunchEnvironment detect_slurm(const EnvironmentMap& variables) {
       env.local_world_size = static_cast<int>(count);
     }
   }
-  auto local_rank = optional_integer(variables, "SLURM_LOCALID",
-                                     "launch the job with srun, which sets it");
+  auto local_rank = optional_integer(variables, "SLURM_LOCALID", srun_advice);
   env.local_rank = check_local_rank("SLURM_LOCALID", local_rank.value_or(0), env.local_world_size);
 
   if (find_variable(variables, "MASTER_ADDR") != nullptr) {
@@ -198,19 +200,13 @@ LaunchEnvironment detect_slurm(const EnvironmentMap& variables) {
 LaunchEnvironment detect_open_mpi(const EnvironmentMap& variables) {
   LaunchEnvironment env;
   env.launcher = Launcher::kOpenMpi;
-  env.world_size = check_world_size(
-      "OMPI_COMM_WORLD_SIZE",
-      require_integer(variables, "OMPI_COMM_WORLD_SIZE", "launch the job with mpirun, which sets it"));
-  env.rank = check_rank(
-      "OMPI_COMM_WORLD_RANK",
-      require_integer(variables, "OMPI_COMM_WORLD_RANK", "launch the job with mpirun, which sets it"),
-      env.world_size, "OMPI_COMM_WORLD_SIZE");
-  if (auto local_size = optional_integer(variables, "OMPI_COMM_WORLD_LOCAL_SIZE",
-                                         "launch the job with mpirun, which sets it")) {
+  const std::string mpirun_advice = "launch the job with mpirun, which sets it";
+  read_world_and_rank(variables, "OMPI_COMM_WORLD_SIZE", mpirun_advice, "OMPI_COMM_WORLD_RANK",
+                      mpirun_advice, env);
+  if (auto local_size = optional_integer(variables, "OMPI_COMM_WORLD_LOCAL_SIZE", mpirun_advice)) {
     env.local_world_size = check_world_size("OMPI_COMM_WORLD_LOCAL_SIZE", *local_size);
   }
-  auto local_rank = optional_integer(variables, "OMPI_COMM_WORLD_LOCAL_RANK",
-                                     "launch the job with mpirun, which sets it");
+  auto local_rank = optional_integer(variables, "OMPI_COMM_WORLD_LOCAL_RANK", mpirun_advice);
   env.local_rank = check_local_rank("OMPI_COMM_WORLD_LOCAL_RANK", local_rank.value_or(0),
                                     env.local_world_size);
 
