@@ -64,14 +64,15 @@ int wait_for(pid_t pid, std::chrono::seconds limit) {
 // A run on the colour shards with batches of 7 rows, which two processes
 // split 3 + 4. Routing groups of 4 tokens, one image or a quarter of a text,
 // make the experts' choices the same whichever process an example is in.
-// AdamW's eps is 1e-6 rather than 1e-7: the images are solid colours, so
-// every patch of one is the same token, attention is uniform whatever the
-// queries and keys, and their exact gradients are zero (the key bias's is
-// zero for any input). Their computed gradients are rounding noise that
-// differs between one process and two, and AdamW divides by
-// sqrt(v) + eps, turning noise of 1e-10 into steps of lr * 1e-3 with eps
-// 1e-7, enough to pass 1e-5 in six steps. With 1e-6 such steps stay ten
-// times smaller, while every real gradient moves its weights as before.
+// AdamW's eps is 1e-6 rather than 1e-7, because the images are solid
+// colours. Every patch of one is the same token, so attention is uniform
+// whatever the queries and keys, and their exact gradients are zero (the
+// key bias's is zero for any input). Their computed gradients are rounding
+// noise that differs between one process and two. AdamW divides by
+// sqrt(v) + eps, so with eps 1e-7 noise of about 1e-10 (an estimate)
+// becomes steps of about lr * 1e-3, enough to pass 1e-5 in six steps. With
+// 1e-6 such steps stay ten times smaller, while every real gradient moves
+// its weights as before.
 // `tasks` defaults to classification alone; `train_extra` and `model_extra`
 // add keys to train and model.
 struct RunConfig {
@@ -101,22 +102,31 @@ fs::path write_config(const fs::path& dir, const std::string& name, const RunCon
   return path;
 }
 
-// Runs `imp ARGUMENTS` as `world` processes with the variables torchrun
-// sets, one thread each, logs in DIR/<tag>-rank<R>.log. Expects each to
-// finish with status 0 within 180 s.
-void run_ranks(const fs::path& dir, const std::string& tag, int world, const std::vector<std::string>& arguments) {
+// Starts `imp ARGUMENTS` once per entry of `world_sizes`, as rank r with
+// WORLD_SIZE world_sizes[r] and the other variables torchrun sets, one
+// thread each, logging to DIR/<tag>-rank<R>.log. Returns the process ids.
+std::vector<pid_t> spawn_ranks(const fs::path& dir, const std::string& tag, const std::vector<int>& world_sizes,
+                               const std::vector<std::string>& arguments) {
   const int port = free_port();
-  ASSERT_GT(port, 0);
+  EXPECT_GT(port, 0);
   std::vector<pid_t> ranks;
-  for (int rank = 0; rank < world; ++rank) {
+  for (size_t rank = 0; rank < world_sizes.size(); ++rank) {
     ranks.push_back(spawn_imp(
         arguments,
         {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
-         "WORLD_SIZE=" + std::to_string(world), "MASTER_ADDR=127.0.0.1",
+         "WORLD_SIZE=" + std::to_string(world_sizes[rank]), "MASTER_ADDR=127.0.0.1",
          "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
         dir / (tag + "-rank" + std::to_string(rank) + ".log")));
-    ASSERT_GT(ranks.back(), 0);
+    EXPECT_GT(ranks.back(), 0);
   }
+  return ranks;
+}
+
+// Runs `imp ARGUMENTS` as `world` processes (spawn_ranks) and expects each
+// to finish with status 0 within 180 s.
+void run_ranks(const fs::path& dir, const std::string& tag, int world, const std::vector<std::string>& arguments) {
+  const std::vector<pid_t> ranks = spawn_ranks(dir, tag, std::vector<int>(world, world), arguments);
+  for (pid_t pid : ranks) ASSERT_GT(pid, 0);
   for (int rank = 0; rank < world; ++rank) {
     const fs::path log = dir / (tag + "-rank" + std::to_string(rank) + ".log");
     EXPECT_EQ(wait_for(ranks[rank], std::chrono::seconds(180)), 0) << read_text(log);
@@ -230,9 +240,9 @@ TEST(DataParallel, ContrastiveRunsInBf16) {
   for (size_t i = 0; i < b.size(); ++i) EXPECT_TRUE(std::isfinite(b[i]["loss"].get<double>())) << "step " << i + 1;
 }
 
-// Expert parallel: each process holds two of the four experts of each MoE
-// layer. The run equals one process; its checkpoints hold every expert, so
-// one process resumes from the middle and ends where it did; and the
+// Expert parallel: each process has two of the four experts of each MoE
+// layer. The run equals one process. Its checkpoints contain every expert,
+// so one process resumes from the middle and ends where it did. The
 // evaluation, shared by the two processes, gives one process's results.
 // Classification drops half of each image's tokens: the processes draw
 // DropToken for the whole batch and keep their rows, as one process would.
@@ -287,22 +297,12 @@ TEST(DataParallel, MismatchedWorldSizeIsNamed) {
   RunConfig run;
   run.train_extra = " collective_timeout: 60,";
   const fs::path config = write_config(dir, "run", run);
-  const int port = free_port();
-  ASSERT_GT(port, 0);
-  std::vector<pid_t> ranks;
-  for (int rank = 0; rank < 2; ++rank) {
-    ranks.push_back(spawn_imp(
-        {"train", config.string()},
-        {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
-         "WORLD_SIZE=" + std::to_string(rank == 0 ? 2 : 3), "MASTER_ADDR=127.0.0.1",
-         "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
-        dir / ("rank" + std::to_string(rank) + ".log")));
-    ASSERT_GT(ranks.back(), 0);
-  }
+  const std::vector<pid_t> ranks = spawn_ranks(dir, "run", {2, 3}, {"train", config.string()});
+  for (pid_t pid : ranks) ASSERT_GT(pid, 0);
   const auto start = std::chrono::steady_clock::now();
   for (int rank = 0; rank < 2; ++rank) {
     const int status = wait_for(ranks[rank], std::chrono::seconds(50));
-    const std::string log = read_text(dir / ("rank" + std::to_string(rank) + ".log"));
+    const std::string log = read_text(dir / ("run-rank" + std::to_string(rank) + ".log"));
     EXPECT_EQ(status, 2) << log;
     EXPECT_NE(log.find("config error"), std::string::npos) << log;
     EXPECT_NE(log.find("WORLD_SIZE=3"), std::string::npos) << log;
@@ -320,20 +320,12 @@ TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
   RunConfig run;
   run.train_extra = " collective_timeout: 5, checkpoint_every: 0,";
   const fs::path config = write_config(dir, "run", run);
-  const int port = free_port();
-  ASSERT_GT(port, 0);
-  std::vector<pid_t> ranks;
-  for (int rank = 0; rank < 2; ++rank) {
-    ranks.push_back(spawn_imp(
-        {"train", config.string(), "--set", "train.steps=100000"},
-        {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank), "WORLD_SIZE=2",
-         "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"},
-        dir / ("rank" + std::to_string(rank) + ".log")));
-    ASSERT_GT(ranks.back(), 0);
-  }
+  const std::vector<pid_t> ranks =
+      spawn_ranks(dir, "run", {2, 2}, {"train", config.string(), "--set", "train.steps=100000"});
+  for (pid_t pid : ranks) ASSERT_GT(pid, 0);
   // Kill rank 1 once rank 0 has logged training steps.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (read_text(dir / "rank0.log").find("step ") == std::string::npos &&
+  while (read_text(dir / "run-rank0.log").find("step ") == std::string::npos &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -343,7 +335,7 @@ TEST(DataParallel, LostRankStopsTheOtherNamingIt) {
   const auto killed = std::chrono::steady_clock::now();
   const int exit_status = wait_for(ranks[0], std::chrono::seconds(60));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
-  const std::string log = read_text(dir / "rank0.log");
+  const std::string log = read_text(dir / "run-rank0.log");
   EXPECT_NE(exit_status, 0) << log;
   EXPECT_NE(exit_status, -1) << "rank 0 did not stop within 60 s\n" << log;
   EXPECT_LT(seconds, 30.0) << log;
