@@ -312,10 +312,10 @@ void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
   // Each rank counts its own tokens' routing and the reports sum the ranks'
   // counts, so counts restored from a checkpoint stay with rank 0 alone.
   if (group_->rank() != 0) model_->routing_stats().reset();
-  std::vector<torch::Tensor> replicated = model_->parameters();
+  replicated_parameters_ = model_->parameters();
   if (config_.train.expert_parallel) {
-    const std::vector<torch::Tensor> experts = expert_parameters();
-    IMP_REQUIRE(ConfigError, !experts.empty(), "train.expert_parallel shards the experts of MoE "
+    sharded_parameters_ = expert_parameters();
+    IMP_REQUIRE(ConfigError, !sharded_parameters_.empty(), "train.expert_parallel shards the experts of MoE "
                 "layers, but the model has none (model.moe.num_experts is ", config_.model.moe.num_experts,
                 "); set model.moe.num_experts to a multiple of the number of processes, or turn "
                 "expert_parallel off");
@@ -327,14 +327,15 @@ void Trainer::set_process_group(std::shared_ptr<dist::ProcessGroup> group) {
                   config_.model.moe.num_experts);
     }
     std::set<const void*> sharded;
-    for (const torch::Tensor& parameter : experts) sharded.insert(parameter.unsafeGetTensorImpl());
-    replicated.erase(std::remove_if(replicated.begin(), replicated.end(),
-                                    [&](const torch::Tensor& parameter) {
-                                      return sharded.count(parameter.unsafeGetTensorImpl()) > 0;
-                                    }),
-                     replicated.end());
+    for (const torch::Tensor& parameter : sharded_parameters_) sharded.insert(parameter.unsafeGetTensorImpl());
+    replicated_parameters_.erase(
+        std::remove_if(replicated_parameters_.begin(), replicated_parameters_.end(),
+                       [&](const torch::Tensor& parameter) {
+                         return sharded.count(parameter.unsafeGetTensorImpl()) > 0;
+                       }),
+        replicated_parameters_.end());
   }
-  reducer_ = std::make_unique<dist::GradientReducer>(*group_, replicated);
+  reducer_ = std::make_unique<dist::GradientReducer>(*group_, replicated_parameters_);
   reducer_->register_backward_hooks();
 }
 
@@ -466,21 +467,18 @@ double Trainer::clip_gradients(double max_norm) {
   if (!experts_sharded_) return torch::nn::utils::clip_grad_norm_(model_->parameters(), limit);
   // Replicated gradients are equal on every rank after the reduction, while
   // each rank has only its own experts' gradients.
-  std::set<const void*> sharded;
-  for (const torch::Tensor& parameter : expert_parameters()) sharded.insert(parameter.unsafeGetTensorImpl());
-  double replicated = 0.0;
-  at::Tensor own = at::zeros({1}, at::kDouble);
   std::vector<torch::Tensor> with_gradient;
-  for (const torch::Tensor& parameter : model_->parameters()) {
-    if (!parameter.grad().defined()) continue;
-    with_gradient.push_back(parameter);
-    const double square = parameter.grad().to(at::kDouble).pow(2).sum().item<double>();
-    if (sharded.count(parameter.unsafeGetTensorImpl())) {
-      own[0] += square;
-    } else {
-      replicated += square;
+  auto sum_of_squares = [&](const std::vector<torch::Tensor>& parameters) {
+    double sum = 0.0;
+    for (const torch::Tensor& parameter : parameters) {
+      if (!parameter.grad().defined()) continue;
+      with_gradient.push_back(parameter);
+      sum += parameter.grad().to(at::kDouble).pow(2).sum().item<double>();
     }
-  }
+    return sum;
+  };
+  const double replicated = sum_of_squares(replicated_parameters_);
+  at::Tensor own = at::full({1}, sum_of_squares(sharded_parameters_), at::kDouble);
   std::vector<at::Tensor> total{own};
   group_->all_reduce_sum(total);
   const double norm = std::sqrt(replicated + total[0][0].item<double>());
@@ -598,7 +596,7 @@ Trainer::StepResult Trainer::step(int64_t step_index, size_t task_index, const B
       // A rank's experts received the gradients of every rank's loss
       // through the all-to-all; their mean over ranks is that sum / world.
       torch::NoGradGuard no_grad;
-      for (torch::Tensor& parameter : expert_parameters()) {
+      for (torch::Tensor& parameter : sharded_parameters_) {
         if (parameter.grad().defined()) parameter.mutable_grad().div_(static_cast<double>(group_->world_size()));
       }
     }

@@ -82,10 +82,10 @@ class Trainer {
   // while the backward pass runs (after it, for tasks that rematerialise).
   // Only rank 0 writes logs and checkpoints; every rank calls the eval hook,
   // which must therefore evaluate with the group.
-  // With train.expert_parallel, each MoE layer's experts (and their AdamW
-  // moments) are sharded across the ranks (MoeLayerImpl::shard_experts);
-  // checkpoints and evaluations gather them first, and train() returns with
-  // every rank holding all experts again.
+  // With train.expert_parallel, each MoE layer's experts and their AdamW
+  // moments are sharded across the ranks (MoeLayerImpl::shard_experts).
+  // Checkpoints and evaluations gather them first, and after train() every
+  // rank has all experts again.
   // Throws ConfigError when the config cannot run on this many processes.
   void set_process_group(std::shared_ptr<dist::ProcessGroup> group);
   // Whether this process writes the run's files: rank 0, or the only one.
@@ -161,6 +161,11 @@ class Trainer {
   EvalHook eval_hook_;
   std::shared_ptr<dist::ProcessGroup> group_;
   std::unique_ptr<dist::GradientReducer> reducer_;
+  // In a multi-process run: the parameters every rank has a copy of, and
+  // the expert parameters sharded across the ranks (empty unless
+  // train.expert_parallel).
+  std::vector<torch::Tensor> replicated_parameters_;
+  std::vector<torch::Tensor> sharded_parameters_;
   bool experts_sharded_ = false;
 };
 
