@@ -207,7 +207,7 @@ struct TrainConfig {
   int collective_timeout = 1800;   // seconds a rank waits for the others in a multi-process run
   // In a multi-process run, shard each MoE layer's experts across the
   // processes (num_experts divisible by their number) instead of copying
-  // them to every process; tokens travel to their experts by all-to-all.
+  // them to every process. Tokens travel to their experts by all-to-all.
   bool expert_parallel = false;
   OptimizerConfig optimizer;
 };

@@ -55,8 +55,8 @@ struct MoeOutput {
 // Expert parallelism (shard_experts): each of W processes keeps E/W of the
 // experts, El = E/W, and routes its own tokens as above. The dispatched
 // buffer [E, G*C, D] then travels by all-to-all, each expert's rows to the
-// process that holds it; that process runs its El experts on the rows of
-// all processes at once and sends the outputs back the same way. A token's
+// process that has that expert. That process runs its El experts on the
+// rows of all processes at once and sends the outputs back the same way. A token's
 // output is what one process holding every expert would compute, so the
 // sharded layer equals the whole one whenever the routing groups are the
 // same. Every process must run every forward and backward pass of a sharded
@@ -88,7 +88,7 @@ class MoeLayerImpl : public torch::nn::Module {
   // over them keeps them. Throws ConfigError when E is not a multiple of the
   // group's size. `group` must outlive the sharding.
   void shard_experts(dist::ProcessGroup& group);
-  // Collects every process's experts so that each holds all E again, and
+  // Collects every process's experts so that each has all E again, and
   // runs them locally from then on. A collective: every process calls it.
   void unshard_experts();
   bool experts_sharded() const { return expert_group_ != nullptr; }

@@ -367,7 +367,7 @@ TaskOutput ContrastiveTask::compute_loss(ImpModel& model, const Batch& batch) co
     // Every process contrasts the whole batch: the embeddings of all
     // processes, gathered with their gradients, and positive groups that
     // hold across processes. Each process's loss is the whole batch's NCE
-    // loss; all_gather_with_grad sums the processes' gradients for each
+    // loss. all_gather_with_grad sums the processes' gradients for each
     // process's own rows, so the processes' mean gradient is the whole
     // batch's gradient (see TaskOutput::loss).
     z_a = dist::all_gather_with_grad(*group_, z_a);

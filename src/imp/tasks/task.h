@@ -79,8 +79,8 @@ class Task {
   void set_process_group(dist::ProcessGroup* group);
 
  protected:
-  // This process's share of the loss of a whole batch of which `batch`
-  // holds this process's rows: loss_of_rows * world * rows / batch_size, or
+  // Returns this process's share of a whole batch's loss, given the loss of
+  // its own rows in `batch`: loss_of_rows * world * rows / batch_size, or
   // loss_of_rows itself in one process.
   torch::Tensor rank_share(const torch::Tensor& loss_of_rows, const Batch& batch) const;
   // The whole batch's mean of a per-row metric whose mean over this
