@@ -15,19 +15,22 @@ using imp::EnvironmentVariables;
 using imp::preferred_thread_environment;
 
 TEST(ThreadEnvironment, Bf16SetsOneOpenBlasThread) {
-  EXPECT_EQ(preferred_thread_environment("bf16", nullptr, nullptr),
+  EXPECT_EQ(preferred_thread_environment("bf16", nullptr, nullptr, nullptr),
             (EnvironmentVariables{{"OPENBLAS_NUM_THREADS", "1"}}));
 }
 
-TEST(ThreadEnvironment, Fp32SetsPassiveWait) {
-  EXPECT_EQ(preferred_thread_environment("fp32", nullptr, nullptr),
+TEST(ThreadEnvironment, Fp32SetsPassiveWaitAndShortOpenBlasSpin) {
+  EXPECT_EQ(preferred_thread_environment("fp32", nullptr, nullptr, nullptr),
+            (EnvironmentVariables{{"OMP_WAIT_POLICY", "PASSIVE"}, {"OPENBLAS_THREAD_TIMEOUT", "4"}}));
+  // A timeout of the user's own is kept.
+  EXPECT_EQ(preferred_thread_environment("fp32", nullptr, nullptr, "20"),
             (EnvironmentVariables{{"OMP_WAIT_POLICY", "PASSIVE"}}));
 }
 
 TEST(ThreadEnvironment, UserSettingWins) {
-  EXPECT_TRUE(preferred_thread_environment("bf16", "PASSIVE", nullptr).empty());
-  EXPECT_TRUE(preferred_thread_environment("fp32", nullptr, "2").empty());
-  EXPECT_TRUE(preferred_thread_environment("fp32", "ACTIVE", "4").empty());
+  EXPECT_TRUE(preferred_thread_environment("bf16", "PASSIVE", nullptr, nullptr).empty());
+  EXPECT_TRUE(preferred_thread_environment("fp32", nullptr, "2", nullptr).empty());
+  EXPECT_TRUE(preferred_thread_environment("fp32", "ACTIVE", "4", nullptr).empty());
 }
 
 TEST(IntraOpThreads, ZeroFollowsEnvironmentOrCores) {
