@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas-dev libgloo-dev
+  libtorch-dev libopenblas-dev libgloo-dev libdnnl-dev
   libsentencepiece-dev sentencepiece
   libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libcli11-dev
   libespeak-ng-dev espeak-ng-data espeak-ng libsoxr-dev libsndfile1-dev

@@ -1,5 +1,8 @@
 #include "imp/model/attention.h"
 
+#include "imp/model/linear.h"
+#include "imp/model/onednn_attention.h"
+
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
@@ -16,9 +19,13 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t d_model, int64_t num_heads) : num_h
 
 torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2), H = num_heads_, K = D / H;
+  torch::Tensor projected = linear(qkv_, x);  // [B, N, 3D]: queries, keys, values
+#if TORCH_VERSION_MAJOR < 2
+  if (onednn_attention_applies(projected)) return linear(out_, onednn_attention(projected, mask, H));
+#endif
 
   // [B, N, 3D] -> [B, N, 3, H, K] -> [3, B, H, N, K]
-  torch::Tensor qkv = qkv_(x).reshape({B, N, 3, H, K}).permute({2, 0, 3, 1, 4});
+  torch::Tensor qkv = projected.reshape({B, N, 3, H, K}).permute({2, 0, 3, 1, 4});
   torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];  // each [B, H, N, K]
 
   torch::Tensor keep;  // [B, 1, 1, N], true = may be attended to
@@ -38,7 +45,7 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, const torch::Te
 #endif
 
   // [B, H, N, K] -> [B, N, H, K] -> [B, N, D]
-  return out_(context.transpose(1, 2).reshape({B, N, D}));
+  return linear(out_, context.transpose(1, 2).reshape({B, N, D}));
 }
 
 }  // namespace imp

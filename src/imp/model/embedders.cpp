@@ -2,6 +2,7 @@
 
 #include <torch/nn/init.h>
 
+#include "imp/model/linear.h"
 #include "imp/model/position.h"
 
 namespace imp {
@@ -44,7 +45,7 @@ torch::Tensor VisionEmbedderImpl::forward(const torch::Tensor& video) {
   x = x.reshape({B, C, t, pt, h, ph, w, pw})
           .permute({0, 2, 4, 6, 1, 3, 5, 7})
           .reshape({B, t * h * w, C * pt * ph * pw});
-  torch::Tensor tokens = proj_(x);  // [B, N, D]
+  torch::Tensor tokens = linear(proj_, x);  // [B, N, D]
   return tokens + resize_positions(positions_, {t, h, w}).to(tokens.dtype());
 }
 
@@ -69,7 +70,7 @@ torch::Tensor AudioEmbedderImpl::forward(const torch::Tensor& spectrogram) {
   torch::Tensor x = spectrogram.reshape({B, m, pm, f, pf})
                         .permute({0, 1, 3, 2, 4})
                         .reshape({B, m * f, pm * pf});
-  torch::Tensor tokens = proj_(x);  // [B, N, D]
+  torch::Tensor tokens = linear(proj_, x);  // [B, N, D]
   return tokens + resize_positions(positions_, {m, f}).to(tokens.dtype());
 }
 

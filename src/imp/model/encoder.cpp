@@ -4,6 +4,7 @@
 #include <torch/nn/functional/activation.h>
 
 #include "imp/core/autocast.h"
+#include "imp/model/linear.h"
 #include "imp/moe/routing_stats.h"
 
 namespace imp {
@@ -87,7 +88,7 @@ MlpImpl::MlpImpl(int64_t d_model, int64_t mlp_dim) {
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return fc2_(torch::gelu(fc1_(x)));
+  return linear(fc2_, torch::gelu(linear(fc1_, x)));
 }
 
 EncoderBlockImpl::EncoderBlockImpl(const ModelConfig& config, bool moe) {

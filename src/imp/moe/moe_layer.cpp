@@ -5,6 +5,7 @@
 #include "imp/core/error.h"
 #include "imp/dist/collectives.h"
 #include "imp/dist/process_group.h"
+#include "imp/model/linear.h"
 
 namespace imp {
 
@@ -117,10 +118,10 @@ torch::Tensor MoeLayerImpl::run_experts_sharded(const torch::Tensor& expert_in) 
 
 torch::Tensor MoeLayerImpl::run_experts(const torch::Tensor& expert_in) {
   // Outside autocast, bf16 tokens meeting float32 weights are cast to float32.
-  // Inside autocast, baddbmm casts both to bf16 anyway.
+  // Inside autocast, the matmuls cast both to bf16 anyway.
   torch::Tensor in = expert_in.to(fc1_weight.scalar_type());
-  torch::Tensor hidden = torch::gelu(torch::baddbmm(fc1_bias, in, fc1_weight));  // [E, G*C, M]
-  return torch::baddbmm(fc2_bias, hidden, fc2_weight);                           // [E, G*C, D]
+  torch::Tensor hidden = torch::gelu(batched_linear(in, fc1_weight, fc1_bias));  // [E, G*C, M]
+  return batched_linear(hidden, fc2_weight, fc2_bias);                          // [E, G*C, D]
 }
 
 MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {

@@ -1,0 +1,139 @@
+#include "imp/model/onednn_attention.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#ifdef IMP_WITH_ONEDNN
+#include <torch/autograd.h>
+
+#include <cmath>
+
+#include "imp/model/onednn.h"
+#endif
+
+namespace imp {
+
+#ifndef IMP_WITH_ONEDNN
+
+bool onednn_attention_applies(const at::Tensor&) { return false; }
+
+at::Tensor onednn_attention(const at::Tensor&, const at::Tensor&, int64_t) {
+  TORCH_CHECK(false, "this build of imp has no oneDNN attention (libdnnl-dev was not found)");
+}
+
+#else
+
+namespace {
+
+using onednn::Operand;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Where each operand lives, for one attention call. Queries, keys and values
+// are the three D-wide slices of the projection's [B, N, 3D] rows, head h at
+// column h * K of its slice. Scores are [B, H, N, N]; the output and its
+// gradient are [B, N, D] with the heads side by side.
+struct Layout {
+  int64_t B, H, N, K, D;
+
+  Operand head(at::ScalarType type) const {  // [N, K] per head, inside qkv
+    return {{B, H, N, K}, {N * 3 * D, K, 3 * D, 1}, onednn::type_of(type)};
+  }
+  Operand head_transposed(at::ScalarType type) const {  // [K, N] per head, inside qkv
+    return {{B, H, K, N}, {N * 3 * D, K, 1, 3 * D}, onednn::type_of(type)};
+  }
+  Operand output(at::ScalarType type) const {  // [N, K] per head, inside [B, N, D]
+    return {{B, H, N, K}, {N * D, K, D, 1}, onednn::type_of(type)};
+  }
+  Operand scores(at::ScalarType type) const {  // [N, N] per head, contiguous
+    return {{B, H, N, N}, {H * N * N, N * N, N, 1}, onednn::type_of(type)};
+  }
+  Operand scores_transposed(at::ScalarType type) const {
+    return {{B, H, N, N}, {H * N * N, N * N, 1, N}, onednn::type_of(type)};
+  }
+};
+
+void* element(const at::Tensor& tensor, int64_t offset) {
+  return static_cast<char*>(tensor.data_ptr()) + offset * tensor.element_size();
+}
+
+// The forward pass keeps qkv and the attention probabilities (float, and a
+// copy in qkv's dtype for bfloat16); the backward pass writes the query, key
+// and value gradients into one [B, N, 3D] tensor, the projection's gradient.
+struct OnednnAttentionFunction : public torch::autograd::Function<OnednnAttentionFunction> {
+  // The mask comes as a pointer because autograd functions take only defined
+  // tensors as tensor arguments, and the mask may be undefined.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv, const at::Tensor* mask,
+                            int64_t num_heads) {
+    const int64_t B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3, H = num_heads;
+    const Layout layout{B, H, N, D / H, D};
+    const at::ScalarType type = qkv.scalar_type();
+    const float scale = static_cast<float>(1.0 / std::sqrt(double(layout.K)));
+
+    at::Tensor scores = at::empty({B, H, N, N}, qkv.options().dtype(at::kFloat));
+    onednn::multiply(layout.head(type), element(qkv, 0), layout.head_transposed(type), element(qkv, D),
+             layout.scores(at::kFloat), scores.data_ptr(), scale);
+    if (mask->defined()) scores.masked_fill_(mask->reshape({B, 1, 1, N}).logical_not(), -INFINITY);
+    const at::Tensor probs = at::_softmax(scores, -1, false);
+    scores.reset();
+    const at::Tensor probs_typed = type == at::kFloat ? probs : probs.to(type);
+
+    at::Tensor output = at::empty({B, N, D}, qkv.options());
+    onednn::multiply(layout.scores(type), probs_typed.data_ptr(), layout.head(type), element(qkv, 2 * D),
+             layout.output(type), output.data_ptr());
+    ctx->save_for_backward({qkv, probs, probs_typed});
+    ctx->saved_data["num_heads"] = num_heads;
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& qkv = saved[0];
+    const at::Tensor& probs = saved[1];
+    const at::Tensor& probs_typed = saved[2];
+    const int64_t B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
+    const int64_t H = ctx->saved_data["num_heads"].toInt();
+    const Layout layout{B, H, N, D / H, D};
+    const at::ScalarType type = qkv.scalar_type();
+    const float scale = static_cast<float>(1.0 / std::sqrt(double(layout.K)));
+    const at::Tensor grad = grads[0].to(type).contiguous();
+
+    at::Tensor grad_qkv = at::empty({B, N, 3 * D}, qkv.options());
+    // Values: P^T dO.
+    onednn::multiply(layout.scores_transposed(type), probs_typed.data_ptr(), layout.output(type), grad.data_ptr(),
+             layout.head(type), element(grad_qkv, 2 * D));
+    // Probabilities: dO V^T, then back through the softmax.
+    at::Tensor grad_probs = at::empty({B, H, N, N}, qkv.options().dtype(at::kFloat));
+    onednn::multiply(layout.output(type), grad.data_ptr(), layout.head_transposed(type), element(qkv, 2 * D),
+             layout.scores(at::kFloat), grad_probs.data_ptr());
+    at::Tensor grad_scores = at::_softmax_backward_data(grad_probs, probs, -1, at::kFloat);
+    grad_probs.reset();
+    if (type != at::kFloat) grad_scores = grad_scores.to(type);
+    // Queries: scale dS K. Keys: scale dS^T Q.
+    onednn::multiply(layout.scores(type), grad_scores.data_ptr(), layout.head(type), element(qkv, D),
+             layout.head(type), element(grad_qkv, 0), scale);
+    onednn::multiply(layout.scores_transposed(type), grad_scores.data_ptr(), layout.head(type), element(qkv, 0),
+             layout.head(type), element(grad_qkv, D), scale);
+    return {grad_qkv, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool onednn_attention_applies(const at::Tensor& qkv) {
+  return qkv.device().is_cpu() && (qkv.scalar_type() == at::kFloat || qkv.scalar_type() == at::kBFloat16);
+}
+
+at::Tensor onednn_attention(const at::Tensor& qkv, const at::Tensor& mask, int64_t num_heads) {
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * num_heads) == 0, "onednn_attention: qkv of shape ",
+              qkv.sizes(), " is not [B, N, 3D] with D divisible by ", num_heads, " heads");
+  TORCH_CHECK(onednn_attention_applies(qkv), "onednn_attention: qkv must be a float or bfloat16 CPU tensor, got ",
+              qkv.scalar_type(), " on ", qkv.device());
+  TORCH_CHECK(!mask.defined() || (mask.scalar_type() == at::kBool && mask.numel() == qkv.size(0) * qkv.size(1)),
+              "onednn_attention: the mask must be a [B, N] bool tensor");
+  return OnednnAttentionFunction::apply(qkv.contiguous(), &mask, num_heads);
+}
+
+#endif  // IMP_WITH_ONEDNN
+
+}  // namespace imp

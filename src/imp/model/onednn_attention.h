@@ -1,0 +1,32 @@
+// Multi-head self-attention on CPU through oneDNN's batched matmul, for
+// LibTorch versions without a fused scaled-dot-product attention.
+//
+// LibTorch 1.x computes attention with bmm, which needs each head's queries,
+// keys and values as contiguous matrices: three copies out of the projection's
+// [B, N, 3D] output, a transposing copy of the result, and float GEMMs run one
+// small matrix at a time. oneDNN reads the heads in place through strided
+// memory descriptors, runs all B x H products of one kind in one call, and
+// writes the result and the gradients straight into the layouts the
+// surrounding linear layers use.
+//
+// Dimension letters: B batch, N tokens, D d_model, H heads, K head width.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace imp {
+
+// Whether this build has the oneDNN path and it can run on `qkv`: a CPU tensor
+// of float or bfloat16.
+bool onednn_attention_applies(const at::Tensor& qkv);
+
+// qkv: [B, N, 3D], the concatenated query, key and value projections, each
+// split into `num_heads` heads of D / num_heads. mask: [B, N] bool, true = a
+// key that may be attended to, or undefined. Returns the attention output
+// [B, N, D] (heads side by side) in qkv's dtype, differentiable with respect
+// to qkv. Scores and their softmax are float in both dtypes.
+at::Tensor onednn_attention(const at::Tensor& qkv, const at::Tensor& mask, int64_t num_heads);
+
+}  // namespace imp
