@@ -7,15 +7,18 @@
 //
 //   build/bench/bench_peer [--steps N] [--warmup N] [--dtypes fp32,bf16]
 //                          [--peer PATH/imp_ref.py] [--no-peer] [--dense] [--remat]
+//   build/bench/bench_peer --child fp32|bf16 --profile ROWS [--steps N] ...
 //
 // For each dtype it runs imp in a child process with the thread settings
 // `imp train` uses, then the reference (Debian's /usr/bin/python3) with
-// OMP_WAIT_POLICY=PASSIVE (its best setting) and, for fp32, with the
+// OMP_WAIT_POLICY=PASSIVE, with imp's thread settings for the dtype (the
+// faster of these two is its best setting) and, for fp32, with the
 // default environment (what a user gets). The reference runs on Debian's
 // python3-torch (apt-get install python3-torch). It prints each run's steps/s,
 // tokens/s, model FLOP/s, and the matmul rate measured in the same process,
 // then the ratios. The last line is `ratio_vs_peer=<x>`: imp's tokens/s over
-// the reference's in its best setting, fp32, MoE.
+// the reference's in its best setting, fp32, MoE. The second form runs imp
+// alone and prints its ROWS most expensive operators.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,13 +26,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
 #include "source_commit.h"
@@ -56,6 +62,7 @@ struct Options {
   bool run_peer = true;
   bool moe = true;
   bool remat = false;  // imp recomputes its blocks in the backward pass
+  int profile_rows = 0;  // > 0: print imp's slowest operators instead of timing
 };
 
 imp::ModelConfig ti_config(bool moe) {
@@ -125,6 +132,67 @@ double peak_rss_mib() {
   return kib / 1024.0;
 }
 
+// Operator profile of `run`: prints the `rows` operators with the most self
+// time (time not spent in operators they call), summed over all calls and
+// grouped by input shapes.
+void print_operator_profile(const std::function<void()>& run, int rows) {
+  namespace profiler = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  using torch::profiler::impl::ProfilerState;
+  const profiler::ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true);
+  const std::set<ActivityType> activities{ActivityType::CPU};
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  const auto start = Clock::now();
+  run();
+  const double wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+
+  struct Span {
+    uint64_t start, end, thread;
+    std::string key;
+  };
+  std::vector<Span> spans;
+  for (const auto& event : result->events()) {
+    std::string key = event.name(), separator = " ";
+    for (const auto& shape : event.shapes()) {
+      key += separator + "[";
+      for (size_t i = 0; i < shape.size(); ++i) key += (i ? "x" : "") + std::to_string(shape[i]);
+      key += "]";
+      separator = ", ";
+    }
+    spans.push_back({event.startUs(), event.startUs() + event.durationUs(), event.startThreadId(), key});
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return std::tie(a.thread, a.start, b.end) < std::tie(b.thread, b.start, a.end);
+  });
+  std::map<std::string, std::pair<double, int>> self;  // key -> (microseconds, calls)
+  std::vector<const Span*> open;
+  double total = 0;
+  for (Span& span : spans) {
+    while (!open.empty() && (open.back()->thread != span.thread || open.back()->end <= span.start)) open.pop_back();
+    // Copies are listed under the operator that made them.
+    if (!open.empty() && span.key.rfind("aten::copy_", 0) == 0) {
+      span.key = open.back()->key.substr(0, open.back()->key.find(" > ")) + " > " + span.key;
+    }
+    const double length = double(span.end - span.start);
+    if (!open.empty()) self[open.back()->key].first -= length;
+    else total += length;
+    self[span.key].first += length;
+    self[span.key].second += 1;
+    open.push_back(&span);
+  }
+  std::vector<std::pair<std::string, std::pair<double, int>>> sorted(self.begin(), self.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  std::printf("bench_peer: operator self time over the timed steps: %.0f ms in operators, %.0f ms wall\n",
+              total / 1e3, wall_ms);
+  for (int i = 0; i < rows && i < int(sorted.size()); ++i) {
+    std::printf("%9.1f ms %5.1f%% %6d calls  %s\n", sorted[i].second.first / 1e3,
+                100.0 * sorted[i].second.first / total, sorted[i].second.second, sorted[i].first.c_str());
+  }
+}
+
 // One imp run in this process: prints one JSON line.
 int run_imp(const std::string& dtype, const Options& options) {
   imp::set_intra_op_threads(0);
@@ -156,6 +224,10 @@ int run_imp(const std::string& dtype, const Options& options) {
     return loss.item<double>();
   };
   for (int i = 0; i < options.warmup; ++i) step();
+  if (options.profile_rows > 0) {
+    print_operator_profile([&] { for (int i = 0; i < options.steps; ++i) step(); }, options.profile_rows);
+    return 0;
+  }
   const auto start = Clock::now();
   double loss = 0;
   for (int i = 0; i < options.steps; ++i) loss = step();
@@ -222,6 +294,7 @@ int main(int argc, char** argv) {
     else if (arg == "--dense") options.moe = false;
     else if (arg == "--remat") options.remat = true;
     else if (arg == "--child") child_dtype = value();
+    else if (arg == "--profile") options.profile_rows = std::atoi(value().c_str());
     else if (arg == "--dtypes") {
       options.dtypes.clear();
       std::istringstream list(value());
@@ -263,7 +336,7 @@ int main(int argc, char** argv) {
     double fp32_ratio = 0;
     for (const std::string& dtype : options.dtypes) {
       // The child picks its own thread settings, as `imp train` does.
-      const nlohmann::json ours = run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS '" +
+      const nlohmann::json ours = run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" +
                                            std::string(exe) + "' --child " + dtype + common);
       std::printf("bench_peer: imp %s: %.3f steps/s, %.0f tokens/s, %.1f model GFLOP/s = %.0f%% of "
                   "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB [%s]\n",
@@ -274,28 +347,32 @@ int main(int argc, char** argv) {
                   ours.is_object() ? ours.value("threads", "").c_str() : "run failed");
       if (!options.run_peer) continue;
       const std::string python = "/usr/bin/python3 '" + options.peer + "' " + peer_flags + " --dtype " + dtype;
-      nlohmann::json best = run_json("env -u OPENBLAS_NUM_THREADS OMP_WAIT_POLICY=PASSIVE " + python);
+      nlohmann::json best = run_json("env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT OMP_WAIT_POLICY=PASSIVE " + python);
       std::printf("bench_peer: reference %s, OMP_WAIT_POLICY=PASSIVE: %.3f steps/s, %.0f tokens/s, "
                   "%.1f GFLOP/s; imp / reference = %.2fx\n",
                   dtype.c_str(), number(best, "steps_per_s"), number(best, "tokens_per_s"),
                   number(best, "achieved_gflops"),
                   number(ours, "tokens_per_s") / std::max(1e-9, number(best, "tokens_per_s")));
-      if (dtype == "bf16") {
-        // bf16 matmuls run on the OpenMP pool, so the settings imp picks for
-        // bf16 may suit the reference better than PASSIVE: the better of the
-        // two counts as its best.
-        const nlohmann::json alike = run_json("env -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=1 " + python);
-        std::printf("bench_peer: reference bf16, OPENBLAS_NUM_THREADS=1: %.3f steps/s, %.0f tokens/s, "
-                    "%.1f GFLOP/s; imp / reference = %.2fx\n",
-                    number(alike, "steps_per_s"), number(alike, "tokens_per_s"),
-                    number(alike, "achieved_gflops"),
-                    number(ours, "tokens_per_s") / std::max(1e-9, number(alike, "tokens_per_s")));
-        if (number(alike, "tokens_per_s") > number(best, "tokens_per_s")) best = alike;
-      }
+      // imp's own thread settings for this dtype may suit the reference
+      // better than PASSIVE alone: the better of the two counts as its best.
+      // In bf16 the matmuls run on the OpenMP pool, and imp gives OpenBLAS one
+      // thread; in fp32 imp also puts OpenBLAS's idle threads to sleep at once.
+      const std::string alike_environment = dtype == "bf16"
+                                                ? "env -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=1 "
+                                                : "env -u OPENBLAS_NUM_THREADS OMP_WAIT_POLICY=PASSIVE "
+                                                  "OPENBLAS_THREAD_TIMEOUT=4 ";
+      const nlohmann::json alike = run_json(alike_environment + python);
+      std::printf("bench_peer: reference %s, %s: %.3f steps/s, %.0f tokens/s, %.1f GFLOP/s; "
+                  "imp / reference = %.2fx\n",
+                  dtype.c_str(),
+                  dtype == "bf16" ? "OPENBLAS_NUM_THREADS=1" : "PASSIVE and OPENBLAS_THREAD_TIMEOUT=4",
+                  number(alike, "steps_per_s"), number(alike, "tokens_per_s"), number(alike, "achieved_gflops"),
+                  number(ours, "tokens_per_s") / std::max(1e-9, number(alike, "tokens_per_s")));
+      if (number(alike, "tokens_per_s") > number(best, "tokens_per_s")) best = alike;
       const double ratio_best = number(ours, "tokens_per_s") / std::max(1e-9, number(best, "tokens_per_s"));
       if (dtype == "fp32") {
         fp32_ratio = ratio_best;
-        const nlohmann::json plain = run_json("env -u OPENBLAS_NUM_THREADS -u OMP_WAIT_POLICY " + python);
+        const nlohmann::json plain = run_json("env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT -u OMP_WAIT_POLICY " + python);
         std::printf("bench_peer: reference fp32, default environment: %.3f steps/s, %.0f tokens/s; "
                     "imp / reference = %.2fx\n",
                     number(plain, "steps_per_s"), number(plain, "tokens_per_s"),
