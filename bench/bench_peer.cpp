@@ -44,6 +44,7 @@
 #include "imp/core/threads.h"
 #include "imp/core/version.h"
 #include "imp/model/imp_model.h"
+#include "imp/model/onednn_attention.h"
 #include "imp/objectives/losses.h"
 
 
@@ -330,8 +331,9 @@ int main(int argc, char** argv) {
                 options.moe ? "MoE 4 experts experts-choose every 2nd layer" : "dense",
                 options.remat ? ", blocks recomputed in the backward pass" : "", options.steps,
                 options.warmup);
-    std::printf("bench_peer: libtorch %s, commit %s, %u cores\n", imp::torch_version().c_str(),
-                source_commit().c_str(), std::thread::hardware_concurrency());
+    std::printf("bench_peer: libtorch %s, commit %s, %u cores, imp attention and float32 linear layers on %s\n",
+                imp::torch_version().c_str(), source_commit().c_str(), std::thread::hardware_concurrency(),
+                imp::onednn_attention_applies(torch::zeros({1, 1, 3})) ? "oneDNN" : "LibTorch's operators");
 
     double fp32_ratio = 0;
     for (const std::string& dtype : options.dtypes) {
