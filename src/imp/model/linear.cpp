@@ -74,7 +74,7 @@ struct MatmulBiasFunction : public torch::autograd::Function<MatmulBiasFunction>
 // already, and a oneDNN path of ours measured no faster there.
 bool onednn_applies(const at::Tensor& x, const at::Tensor& weight) {
   return x.device().is_cpu() && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
-         x.numel() > 0 && !autocast_is_enabled(c10::DeviceType::CPU);
+         x.numel() > 0 && !autocast_is_enabled(c10::DeviceType::CPU) && onednn::supports(at::kFloat);
 }
 
 #endif  // IMP_WITH_ONEDNN

@@ -62,6 +62,23 @@ memory::data_type type_of(at::ScalarType type) {
   }
 }
 
+bool supports(at::ScalarType type) {
+  const auto probe = [](memory::data_type data_type) {
+    try {
+      const memory::desc matrix({2, 2}, data_type, memory::format_tag::ab);
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(matrix, matrix, matrix), cpu_engine());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  };
+  static const bool float32 = probe(memory::data_type::f32);
+  static const bool bfloat16 = probe(memory::data_type::bf16);
+  if (type == at::kFloat) return float32;
+  if (type == at::kBFloat16) return bfloat16;
+  return false;
+}
+
 Operand operand(const at::Tensor& tensor) {
   return {memory::dims(tensor.sizes().begin(), tensor.sizes().end()),
           memory::dims(tensor.strides().begin(), tensor.strides().end()), type_of(tensor.scalar_type())};

@@ -19,6 +19,10 @@ struct Operand {
 
 dnnl::memory::data_type type_of(at::ScalarType type);
 
+// Whether oneDNN has matmul kernels for `type` on this CPU: bfloat16 needs
+// AVX-512, for instance. Checked once per type.
+bool supports(at::ScalarType type);
+
 // The operand that views `tensor` with its own sizes and strides.
 Operand operand(const at::Tensor& tensor);
 

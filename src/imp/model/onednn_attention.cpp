@@ -121,13 +121,14 @@ struct OnednnAttentionFunction : public torch::autograd::Function<OnednnAttentio
 }  // namespace
 
 bool onednn_attention_applies(const at::Tensor& qkv) {
-  return qkv.device().is_cpu() && (qkv.scalar_type() == at::kFloat || qkv.scalar_type() == at::kBFloat16);
+  return qkv.device().is_cpu() && onednn::supports(qkv.scalar_type());
 }
 
 at::Tensor onednn_attention(const at::Tensor& qkv, const at::Tensor& mask, int64_t num_heads) {
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * num_heads) == 0, "onednn_attention: qkv of shape ",
               qkv.sizes(), " is not [B, N, 3D] with D divisible by ", num_heads, " heads");
-  TORCH_CHECK(onednn_attention_applies(qkv), "onednn_attention: qkv must be a float or bfloat16 CPU tensor, got ",
+  TORCH_CHECK(onednn_attention_applies(qkv),
+              "onednn_attention: qkv must be a float or bfloat16 CPU tensor of a dtype oneDNN supports on this CPU, got ",
               qkv.scalar_type(), " on ", qkv.device());
   TORCH_CHECK(!mask.defined() || (mask.scalar_type() == at::kBool && mask.numel() == qkv.size(0) * qkv.size(1)),
               "onednn_attention: the mask must be a [B, N] bool tensor");

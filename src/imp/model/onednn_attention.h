@@ -19,7 +19,8 @@
 namespace imp {
 
 // Whether this build has the oneDNN path and it can run on `qkv`: a CPU tensor
-// of float or bfloat16.
+// of float, or of bfloat16 where the CPU has oneDNN's bfloat16 kernels
+// (AVX-512).
 bool onednn_attention_applies(const at::Tensor& qkv);
 
 // qkv: [B, N, 3D], the concatenated query, key and value projections, each
