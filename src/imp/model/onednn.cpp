@@ -92,7 +92,9 @@ void multiply(const Operand& a, const void* a_data, const Operand& b, const void
       {DNNL_ARG_SRC, memory(describe(a), cpu_engine(), const_cast<void*>(a_data))},
       {DNNL_ARG_WEIGHTS, memory(describe(b), cpu_engine(), const_cast<void*>(b_data))},
       {DNNL_ARG_DST, memory(describe(c), cpu_engine(), c_data)}};
-  if (bias != nullptr) arguments.emplace(DNNL_ARG_BIAS, memory(describe(*bias), cpu_engine(), const_cast<void*>(bias_data)));
+  if (bias != nullptr) {
+    arguments.emplace(DNNL_ARG_BIAS, memory(describe(*bias), cpu_engine(), const_cast<void*>(bias_data)));
+  }
   dnnl::stream stream(cpu_engine());
   primitive.execute(stream, arguments);
   stream.wait();

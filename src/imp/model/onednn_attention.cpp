@@ -18,7 +18,8 @@ namespace imp {
 bool onednn_attention_applies(const at::Tensor&) { return false; }
 
 at::Tensor onednn_attention(const at::Tensor&, const at::Tensor&, int64_t) {
-  TORCH_CHECK(false, "this build of imp has no oneDNN attention (libdnnl-dev was not found)");
+  TORCH_CHECK(false, "this build of imp has no oneDNN attention: it was built without libdnnl-dev ",
+              "or against LibTorch 2.x");
 }
 
 #else
@@ -72,7 +73,7 @@ struct OnednnAttentionFunction : public torch::autograd::Function<OnednnAttentio
 
     at::Tensor scores = at::empty({B, H, N, N}, qkv.options().dtype(at::kFloat));
     onednn::multiply(layout.head(type), element(qkv, 0), layout.head_transposed(type), element(qkv, D),
-             layout.scores(at::kFloat), scores.data_ptr(), scale);
+                     layout.scores(at::kFloat), scores.data_ptr(), scale);
     if (mask->defined()) scores.masked_fill_(mask->reshape({B, 1, 1, N}).logical_not(), -INFINITY);
     const at::Tensor probs = at::_softmax(scores, -1, false);
     scores.reset();
@@ -80,7 +81,7 @@ struct OnednnAttentionFunction : public torch::autograd::Function<OnednnAttentio
 
     at::Tensor output = at::empty({B, N, D}, qkv.options());
     onednn::multiply(layout.scores(type), probs_typed.data_ptr(), layout.head(type), element(qkv, 2 * D),
-             layout.output(type), output.data_ptr());
+                     layout.output(type), output.data_ptr());
     ctx->save_for_backward({qkv, probs, probs_typed});
     ctx->saved_data["num_heads"] = num_heads;
     return output;
@@ -101,19 +102,19 @@ struct OnednnAttentionFunction : public torch::autograd::Function<OnednnAttentio
     at::Tensor grad_qkv = at::empty({B, N, 3 * D}, qkv.options());
     // Values: P^T dO.
     onednn::multiply(layout.scores_transposed(type), probs_typed.data_ptr(), layout.output(type), grad.data_ptr(),
-             layout.head(type), element(grad_qkv, 2 * D));
+                     layout.head(type), element(grad_qkv, 2 * D));
     // Probabilities: dO V^T, then back through the softmax.
     at::Tensor grad_probs = at::empty({B, H, N, N}, qkv.options().dtype(at::kFloat));
     onednn::multiply(layout.output(type), grad.data_ptr(), layout.head_transposed(type), element(qkv, 2 * D),
-             layout.scores(at::kFloat), grad_probs.data_ptr());
+                     layout.scores(at::kFloat), grad_probs.data_ptr());
     at::Tensor grad_scores = at::_softmax_backward_data(grad_probs, probs, -1, at::kFloat);
     grad_probs.reset();
     if (type != at::kFloat) grad_scores = grad_scores.to(type);
     // Queries: scale dS K. Keys: scale dS^T Q.
     onednn::multiply(layout.scores(type), grad_scores.data_ptr(), layout.head(type), element(qkv, D),
-             layout.head(type), element(grad_qkv, 0), scale);
+                     layout.head(type), element(grad_qkv, 0), scale);
     onednn::multiply(layout.scores_transposed(type), grad_scores.data_ptr(), layout.head(type), element(qkv, 0),
-             layout.head(type), element(grad_qkv, D), scale);
+                     layout.head(type), element(grad_qkv, D), scale);
     return {grad_qkv, at::Tensor(), at::Tensor()};
   }
 };
@@ -128,7 +129,8 @@ at::Tensor onednn_attention(const at::Tensor& qkv, const at::Tensor& mask, int64
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * num_heads) == 0, "onednn_attention: qkv of shape ",
               qkv.sizes(), " is not [B, N, 3D] with D divisible by ", num_heads, " heads");
   TORCH_CHECK(onednn_attention_applies(qkv),
-              "onednn_attention: qkv must be a float or bfloat16 CPU tensor of a dtype oneDNN supports on this CPU, got ",
+              "onednn_attention: qkv must be a CPU tensor of float, or of bfloat16 on a CPU with oneDNN's ",
+              "bfloat16 kernels, got ",
               qkv.scalar_type(), " on ", qkv.device());
   TORCH_CHECK(!mask.defined() || (mask.scalar_type() == at::kBool && mask.numel() == qkv.size(0) * qkv.size(1)),
               "onednn_attention: the mask must be a [B, N] bool tensor");
