@@ -356,9 +356,9 @@ int main(int argc, char** argv) {
                   number(best, "achieved_gflops"),
                   number(ours, "tokens_per_s") / std::max(1e-9, number(best, "tokens_per_s")));
       // imp's own thread settings for this dtype may suit the reference
-      // better than PASSIVE alone: the better of the two counts as its best.
+      // better than PASSIVE alone, so the better of the two counts as its best.
       // In bf16 the matmuls run on the OpenMP pool, and imp gives OpenBLAS one
-      // thread; in fp32 imp also puts OpenBLAS's idle threads to sleep at once.
+      // thread. In fp32 imp also puts OpenBLAS's idle threads to sleep at once.
       const std::string alike_environment = dtype == "bf16"
                                                 ? "env -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=1 "
                                                 : "env -u OPENBLAS_NUM_THREADS OMP_WAIT_POLICY=PASSIVE "

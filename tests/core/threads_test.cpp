@@ -19,7 +19,7 @@ TEST(ThreadEnvironment, Bf16SetsOneOpenBlasThread) {
             (EnvironmentVariables{{"OPENBLAS_NUM_THREADS", "1"}}));
 }
 
-TEST(ThreadEnvironment, Fp32SetsPassiveWaitAndShortOpenBlasSpin) {
+TEST(ThreadEnvironment, Fp32SetsPassiveAndTimeout) {
   EXPECT_EQ(preferred_thread_environment("fp32", nullptr, nullptr, nullptr),
             (EnvironmentVariables{{"OMP_WAIT_POLICY", "PASSIVE"}, {"OPENBLAS_THREAD_TIMEOUT", "4"}}));
   // A timeout of the user's own is kept.

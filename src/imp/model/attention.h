@@ -1,8 +1,8 @@
 // Multi-head self-attention with an optional key padding mask.
 //
-// Three implementations of the same function: LibTorch 2.x's fused
-// scaled_dot_product_attention; on CPU with LibTorch 1.x, oneDNN's batched
-// matmul (onednn_attention.h); otherwise the formula written out with
+// The same function has three implementations. LibTorch 2.x runs its fused
+// scaled_dot_product_attention. On CPU, LibTorch 1.x runs oneDNN's batched
+// matmul (onednn_attention.h). Elsewhere the formula is written out with
 // LibTorch operators.
 //
 // Dimension letters: B batch, N tokens, D d_model, H heads, K head width.

@@ -18,11 +18,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// out = a @ b + bias, batched over leading dimensions. a: [..., M, K]
-// contiguous; b: [..., K, N], contiguous or the transpose of a contiguous
-// tensor (a weight used as weight.t()); bias: broadcast over the M rows ([N]
-// for two dimensions, [E, 1, N] for three). All float32. Saves a and b, as
-// LibTorch's matmul does.
+// Autograd node for out = a @ b + bias, batched over leading dimensions, all
+// in float32. a is [..., M, K] and contiguous. b is [..., K, N], either
+// contiguous or the transpose of a contiguous tensor (a weight used as
+// weight.t()). bias broadcasts over the M rows: [N] for two dimensions,
+// [E, 1, N] for three. Saves a and b, as LibTorch's matmul does.
 struct MatmulBiasFunction : public torch::autograd::Function<MatmulBiasFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
                             const at::Tensor& bias) {
@@ -32,8 +32,8 @@ struct MatmulBiasFunction : public torch::autograd::Function<MatmulBiasFunction>
     if (a.dim() == 2) {
       onednn::multiply(a, b, out, bias.view({1, -1}));
     } else {
-      // oneDNN 2.x has only its slow reference kernel for a bias that
-      // differs between batch entries, so the experts' biases are added after.
+      // For a bias that differs between batch entries oneDNN 2.6 chose its
+      // slow reference kernel, so the experts' biases are added afterwards.
       onednn::multiply(a, b, out);
       out.add_(bias);
     }
@@ -70,8 +70,8 @@ struct MatmulBiasFunction : public torch::autograd::Function<MatmulBiasFunction>
   }
 };
 
-// Inside autocast LibTorch's own path runs the matmul in bfloat16 on oneDNN
-// already, and a oneDNN path of ours measured no faster there.
+// Inside autocast LibTorch already runs the matmul in bfloat16 on oneDNN, and
+// a oneDNN path of ours measured no faster there.
 bool onednn_applies(const at::Tensor& x, const at::Tensor& weight) {
   return x.device().is_cpu() && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
          x.numel() > 0 && !autocast_is_enabled(c10::DeviceType::CPU) && onednn::supports(at::kFloat);

@@ -1,7 +1,7 @@
 // The model's linear maps. On CPU in float32 outside autocast they run as
-// oneDNN matmuls with the bias fused in: LibTorch 1.x sends float32 matmuls
-// to OpenBLAS, which took 1.15x to 1.5x as long for the IMP-Ti layer shapes
-// on a Zen 4 machine. Everywhere else, and in builds without oneDNN, they are
+// oneDNN matmuls with the bias fused in, because LibTorch 1.x sends float32
+// matmuls to OpenBLAS. In one microbenchmark on a 2-core Zen 4 machine
+// OpenBLAS took 1.1x to 1.6x as long for the IMP-Ti layer shapes. Everywhere else, and in builds without oneDNN, they are
 // LibTorch's own operators. Both paths give the same values up to float
 // rounding.
 #pragma once

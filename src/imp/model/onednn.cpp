@@ -22,8 +22,8 @@ const dnnl::engine& cpu_engine() {
 
 memory::desc describe(const Operand& operand) { return memory::desc(operand.dims, operand.type, operand.strides); }
 
-// Creating a matmul primitive compiles its kernels, which takes milliseconds,
-// so each distinct product is created once and kept. Shapes that keep
+// Creating a matmul primitive JIT-compiles its kernels, so each distinct
+// product is created once and kept. Shapes that keep
 // changing (evaluation batches of every size) would grow the set without
 // end, so it starts afresh past a bound.
 const dnnl::matmul& matmul_for(const Operand& a, const Operand& b, const Operand& c, float scale,
@@ -39,7 +39,7 @@ const dnnl::matmul& matmul_for(const Operand& a, const Operand& b, const Operand
     for (auto v : operand->strides) key << v << ',';
     key << static_cast<int>(operand->type) << ';';
   }
-  key << scale;
+  key << std::hexfloat << scale;  // exact, unlike the default 6 digits
   const std::lock_guard<std::mutex> lock(mutex);
   auto found = primitives.find(key.str());
   if (found != primitives.end()) return found->second;
@@ -87,7 +87,7 @@ Operand operand(const at::Tensor& tensor) {
 void multiply(const Operand& a, const void* a_data, const Operand& b, const void* b_data, const Operand& c,
               void* c_data, float scale, const Operand* bias, const void* bias_data) {
   const dnnl::matmul& primitive = matmul_for(a, b, c, scale, bias);
-  // oneDNN takes non-const handles; inputs are only read.
+  // oneDNN takes non-const handles, but it only reads the inputs.
   std::unordered_map<int, memory> arguments{
       {DNNL_ARG_SRC, memory(describe(a), cpu_engine(), const_cast<void*>(a_data))},
       {DNNL_ARG_WEIGHTS, memory(describe(b), cpu_engine(), const_cast<void*>(b_data))},

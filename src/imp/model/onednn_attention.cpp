@@ -30,10 +30,10 @@ using onednn::Operand;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Where each operand lives, for one attention call. Queries, keys and values
-// are the three D-wide slices of the projection's [B, N, 3D] rows, head h at
-// column h * K of its slice. Scores are [B, H, N, N]; the output and its
-// gradient are [B, N, D] with the heads side by side.
+// Memory layout of every operand of one attention call. Queries, keys and
+// values are the three D-wide slices of the projection's [B, N, 3D] rows, with
+// head h at column h * K of its slice. Scores are [B, H, N, N]. The output and
+// its gradient are [B, N, D] with the heads side by side.
 struct Layout {
   int64_t B, H, N, K, D;
 
@@ -58,9 +58,10 @@ void* element(const at::Tensor& tensor, int64_t offset) {
   return static_cast<char*>(tensor.data_ptr()) + offset * tensor.element_size();
 }
 
-// The forward pass keeps qkv and the attention probabilities (float, and a
-// copy in qkv's dtype for bfloat16); the backward pass writes the query, key
-// and value gradients into one [B, N, 3D] tensor, the projection's gradient.
+// Attention as one autograd node. The forward pass saves qkv and the
+// attention probabilities, in float and, for bfloat16, also in qkv's dtype.
+// The backward pass writes the query, key and value gradients into one
+// [B, N, 3D] tensor, which is the projection's output gradient.
 struct OnednnAttentionFunction : public torch::autograd::Function<OnednnAttentionFunction> {
   // The mask comes as a pointer because autograd functions take only defined
   // tensors as tensor arguments, and the mask may be undefined.

@@ -2,12 +2,12 @@
 // LibTorch versions without a fused scaled-dot-product attention.
 //
 // LibTorch 1.x computes attention with bmm, which needs each head's queries,
-// keys and values as contiguous matrices: three copies out of the projection's
-// [B, N, 3D] output, a transposing copy of the result, and float GEMMs run one
-// small matrix at a time. oneDNN reads the heads in place through strided
-// memory descriptors, runs all B x H products of one kind in one call, and
-// writes the result and the gradients straight into the layouts the
-// surrounding linear layers use.
+// keys and values as contiguous matrices. That costs three copies out of the
+// projection's [B, N, 3D] output and a transposing copy of the result, and
+// its float GEMMs run one small matrix at a time. oneDNN reads the heads in
+// place through strided memory descriptors and runs all B x H products of one
+// kind in one call. It writes the result and the gradients straight into the
+// layouts that the surrounding linear layers use.
 //
 // Dimension letters: B batch, N tokens, D d_model, H heads, K head width.
 #pragma once
