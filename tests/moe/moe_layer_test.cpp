@@ -528,6 +528,61 @@ TEST(MoeGradient, MatchesFiniteDifferences) {
   }
 }
 
+// The recomputation path (forward_to_hidden, then hidden_gradients, then
+// autograd from the hidden activations and the combine weights) gives the
+// gradients of the full forward pass, for both routers, with padded slots,
+// masked tokens and, under token choice, dropped tokens. In float64 on
+// LibTorch's kernels and in float32, which may run on oneDNN.
+TEST(MoeGradient, HiddenPathMatchesFullForward) {
+  for (const std::string router : {"experts_choose", "token_choice"}) {
+    for (const torch::ScalarType dtype : {torch::kDouble, torch::kFloat}) {
+      torch::manual_seed(12);
+      // T = 14, group_size 4: G = 4, S = 4 with two padded slots. Experts
+      // choose one token each per group; token choice with capacity 0.5
+      // drops tokens.
+      MoeLayer layer(6, 10, make_config(3, router, router == "token_choice" ? 0.5 : 0.75, 4, 2));
+      layer->to(dtype);
+      torch::Tensor x = torch::randn({2, 7, 6}, dtype).requires_grad_();
+      torch::Tensor mask = torch::ones({2, 7}, torch::kBool);
+      mask[1].slice(0, 5) = false;
+      torch::Tensor r = torch::randn({2, 7, 6}, dtype);
+      const std::vector<torch::Tensor> tensors{x, layer->router->weight, layer->fc1_weight, layer->fc1_bias,
+                                               layer->fc2_weight, layer->fc2_bias};
+      auto take_gradients = [&]() {
+        std::vector<torch::Tensor> out;
+        for (torch::Tensor t : tensors) {
+          out.push_back(t.grad().defined() ? t.grad().clone() : torch::zeros_like(t));
+          t.mutable_grad().reset();
+        }
+        return out;
+      };
+      MoeOutput full = layer->forward(x, mask);
+      ((full.y * r).sum() + full.aux_loss).backward();
+      const std::vector<torch::Tensor> expected = take_gradients();
+
+      ASSERT_TRUE(layer->has_hidden_path(x));
+      MoeHidden part = layer->forward_to_hidden(x, mask);
+      auto [grad_hidden, grad_combine] = layer->hidden_gradients(part, r);
+      std::vector<torch::Tensor> roots{part.hidden, part.combine_weight}, grads{grad_hidden, grad_combine};
+      if (part.aux_loss.requires_grad()) {
+        roots.push_back(part.aux_loss);
+        grads.push_back(torch::ones_like(part.aux_loss));
+      }
+      torch::autograd::backward(roots, grads);
+      const std::vector<torch::Tensor> actual = take_gradients();
+
+      const double tolerance = dtype == torch::kDouble ? 1e-12 : 1e-5;
+      const char* names[] = {"x", "router.weight", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"};
+      for (size_t i = 0; i < expected.size(); ++i) {
+        const double scale = expected[i].abs().max().item<double>();
+        ASSERT_GT(scale, 0.0) << router << " " << names[i];
+        EXPECT_LE((actual[i] - expected[i]).abs().max().item<double>(), tolerance * scale)
+            << router << " " << dtype << " " << names[i];
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Precision and checks
 

@@ -16,9 +16,10 @@ using torch::autograd::variable_list;
 // One encoder block run without keeping its activations: the forward pass
 // saves only the block's input, and the backward pass runs the block again
 // with gradients on, under the autocast state of the forward pass, and
-// back-propagates through that copy. The recomputed pass accumulates the
-// parameters' gradients itself, so only the input's gradient is returned.
-// Blocks hold no randomness, so the second pass equals the first.
+// back-propagates through that copy (EncoderBlockImpl::recompute_for_backward,
+// which skips what the backward pass does not read). The recomputed pass
+// accumulates the parameters' gradients itself, so only the input's gradient
+// is returned. Blocks hold no randomness, so the second pass equals the first.
 struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
   // Outputs: the block's output [B, N, D] and its auxiliary loss (a zero
   // scalar for dense blocks). Routing metrics go to *routing.
@@ -50,24 +51,11 @@ struct RecomputedBlock : public torch::autograd::Function<RecomputedBlock> {
     const torch::Tensor mask = ctx->saved_data["mask"].toTensor();
     auto* block = reinterpret_cast<EncoderBlockImpl*>(
         static_cast<intptr_t>(ctx->saved_data["block"].toInt()));
-    {
-      torch::AutoGradMode grad_on(true);
-      BlockOutput out;
-      {
-        // Only the recomputed forward runs under autocast. The backward pass
-        // below must not: like the plain path's, it runs in each saved
-        // tensor's own precision.
-        AutocastScope autocast(x.device().type(), ctx->saved_data["autocast"].toBool());
-        out = block->forward(x, mask);
-      }
-      std::vector<torch::Tensor> outputs{out.x}, output_grads{grads[0]};
-      // Experts-choose routing has a constant auxiliary loss of zero.
-      if (ctx->saved_data["has_aux"].toBool() && grads[1].defined() && out.aux_loss.requires_grad()) {
-        outputs.push_back(out.aux_loss);
-        output_grads.push_back(grads[1]);
-      }
-      torch::autograd::backward(outputs, output_grads);
-    }
+    torch::AutoGradMode grad_on(true);
+    const torch::Tensor grad_aux = ctx->saved_data["has_aux"].toBool() ? grads[1] : torch::Tensor();
+    EncoderBlockImpl::BackwardRoots roots =
+        block->recompute_for_backward(x, mask, grads[0], grad_aux, ctx->saved_data["autocast"].toBool());
+    if (!roots.tensors.empty()) torch::autograd::backward(roots.tensors, roots.grads);
     return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -87,8 +75,12 @@ MlpImpl::MlpImpl(int64_t d_model, int64_t mlp_dim) {
   fc2_ = register_module("fc2", torch::nn::Linear(mlp_dim, d_model));
 }
 
-torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return linear(fc2_, torch::gelu(linear(fc1_, x)));
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) { return linear(fc2_, hidden(x)); }
+
+torch::Tensor MlpImpl::hidden(const torch::Tensor& x) { return torch::gelu(linear(fc1_, x)); }
+
+torch::Tensor MlpImpl::output_backward(const torch::Tensor& hidden, const torch::Tensor& grad_output) {
+  return linear_backward(fc2_, hidden, grad_output);
 }
 
 EncoderBlockImpl::EncoderBlockImpl(const ModelConfig& config, bool moe) {
@@ -118,6 +110,56 @@ BlockOutput EncoderBlockImpl::forward(const torch::Tensor& x, const torch::Tenso
   out.aux_loss = routed.aux_loss;
   out.routing = std::move(routed.metrics);
   return out;
+}
+
+EncoderBlockImpl::BackwardRoots EncoderBlockImpl::recompute_for_backward(const torch::Tensor& x,
+                                                                         const torch::Tensor& mask,
+                                                                         const torch::Tensor& grad_output,
+                                                                         const torch::Tensor& grad_aux,
+                                                                         bool autocast) {
+  const c10::DeviceType device = x.device().type();
+  BackwardRoots roots;
+  auto add_root = [&roots](const torch::Tensor& tensor, const torch::Tensor& grad) {
+    if (tensor.requires_grad() && grad.defined()) {
+      roots.tensors.push_back(tensor);
+      roots.grads.push_back(grad);
+    }
+  };
+  // Only the recomputed forward runs under autocast. The backward pass must
+  // not: like the plain path's, it runs in each saved tensor's own precision.
+  torch::Tensor h;
+  if (moe_.is_empty()) {
+    torch::Tensor hidden;
+    {
+      AutocastScope scope(device, autocast);
+      h = x + attention_(ln1_(x), mask).to(x.scalar_type());
+      hidden = mlp_->hidden(ln2_(h));
+    }
+    // out = h + fc2(hidden): the gradient reaches h unchanged.
+    add_root(h, grad_output);
+    add_root(hidden, mlp_->output_backward(hidden, grad_output));
+    return roots;
+  }
+
+  MoeHidden part;
+  {
+    AutocastScope scope(device, autocast);
+    h = x + attention_(ln1_(x), mask).to(x.scalar_type());
+    torch::Tensor normed = ln2_(h);
+    if (!moe_->has_hidden_path(normed)) {
+      MoeOutput routed = moe_(normed, mask);
+      add_root(h + routed.y.to(h.scalar_type()), grad_output);
+      add_root(routed.aux_loss, grad_aux);
+      return roots;
+    }
+    part = moe_->forward_to_hidden(normed, mask);
+  }
+  add_root(h, grad_output);
+  auto [grad_hidden, grad_combine] = moe_->hidden_gradients(part, grad_output);
+  add_root(part.hidden, grad_hidden);
+  add_root(part.combine_weight, grad_combine);
+  add_root(part.aux_loss, grad_aux);
+  return roots;
 }
 
 EncoderImpl::EncoderImpl(const ModelConfig& config) {

@@ -32,6 +32,12 @@ class MlpImpl : public torch::nn::Module {
   MlpImpl(int64_t d_model, int64_t mlp_dim);
   torch::Tensor forward(const torch::Tensor& x);
 
+  // The two halves of forward() for recomputation: hidden(x) is gelu(fc1(x)),
+  // and output_backward() is the backward pass of fc2 applied to it, which
+  // needs fc2's input but not its output (see linear_backward).
+  torch::Tensor hidden(const torch::Tensor& x);
+  torch::Tensor output_backward(const torch::Tensor& hidden, const torch::Tensor& grad_output);
+
  private:
   torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
 };
@@ -50,6 +56,21 @@ class EncoderBlockImpl : public torch::nn::Module {
   EncoderBlockImpl(const ModelConfig& config, bool moe);
   BlockOutput forward(const torch::Tensor& x, const torch::Tensor& mask);
   bool is_moe() const { return !moe_.is_empty(); }
+
+  // For the backward pass of a block whose forward pass kept nothing:
+  // recomputes the block from its input x, under bf16 autocast when
+  // `autocast`, and returns the tensors to back-propagate from, with their
+  // gradients, for dL/d(output) = grad_output and dL/d(aux_loss) = grad_aux
+  // (undefined when there is none). The feed-forward layer's last linear map
+  // is not run: its backward pass needs only its input, so its parameter
+  // gradients are added to their .grad here, and the returned tensors end
+  // just before it. MoE layers with sharded experts run in full.
+  struct BackwardRoots {
+    std::vector<torch::Tensor> tensors, grads;
+  };
+  BackwardRoots recompute_for_backward(const torch::Tensor& x, const torch::Tensor& mask,
+                                       const torch::Tensor& grad_output, const torch::Tensor& grad_aux,
+                                       bool autocast);
 
  private:
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};

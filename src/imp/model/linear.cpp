@@ -18,6 +18,37 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+struct MatmulBiasGradients {
+  at::Tensor a, b, bias;
+};
+
+// Gradients of out = a @ b + bias for dL/dout = grad (contiguous), with the
+// shapes that MatmulBiasFunction below takes. Computes only those asked for.
+MatmulBiasGradients matmul_bias_backward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& grad,
+                                         bool need_a, bool need_b, bool need_bias) {
+  MatmulBiasGradients out;
+  if (need_a) {
+    out.a = at::empty(a.sizes(), grad.options());
+    onednn::multiply(grad, b.transpose(-1, -2), out.a);
+  }
+  if (need_b) {
+    if (b.transpose(-1, -2).is_contiguous()) {
+      // Written in the weight's own layout: (a^T grad)^T = grad^T a.
+      at::Tensor transposed = at::empty(b.transpose(-1, -2).sizes(), grad.options());
+      onednn::multiply(grad.transpose(-1, -2), a, transposed);
+      out.b = transposed.transpose(-1, -2);
+    } else {
+      out.b = at::empty(b.sizes(), grad.options());
+      onednn::multiply(a.transpose(-1, -2), grad, out.b);
+    }
+  }
+  if (need_bias) {
+    // Summed in float32, the bias's dtype, over the rows it was added to.
+    out.bias = a.dim() == 2 ? at::sum(grad, {0}, false, at::kFloat) : at::sum(grad, {1}, true, at::kFloat);
+  }
+  return out;
+}
+
 // Autograd node for out = a @ b + bias, batched over leading dimensions, all
 // in float32. a is [..., M, K] and contiguous. b is [..., K, N], either
 // contiguous or the transpose of a contiguous tensor (a weight used as
@@ -43,30 +74,10 @@ struct MatmulBiasFunction : public torch::autograd::Function<MatmulBiasFunction>
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& a = saved[0];
-    const at::Tensor& b = saved[1];
-    const at::Tensor grad = grads[0].contiguous();
-    at::Tensor grad_a, grad_b, grad_bias;
-    if (ctx->needs_input_grad(0)) {
-      grad_a = at::empty(a.sizes(), grad.options());
-      onednn::multiply(grad, b.transpose(-1, -2), grad_a);
-    }
-    if (ctx->needs_input_grad(1)) {
-      if (b.transpose(-1, -2).is_contiguous()) {
-        // Written in the weight's own layout: (a^T grad)^T = grad^T a.
-        at::Tensor transposed = at::empty(b.transpose(-1, -2).sizes(), grad.options());
-        onednn::multiply(grad.transpose(-1, -2), a, transposed);
-        grad_b = transposed.transpose(-1, -2);
-      } else {
-        grad_b = at::empty(b.sizes(), grad.options());
-        onednn::multiply(a.transpose(-1, -2), grad, grad_b);
-      }
-    }
-    if (ctx->needs_input_grad(2)) {
-      // Summed in float32, the bias's dtype, over the rows it was added to.
-      grad_bias = a.dim() == 2 ? at::sum(grad, {0}, false, at::kFloat) : at::sum(grad, {1}, true, at::kFloat);
-    }
-    return {grad_a, grad_b, grad_bias};
+    MatmulBiasGradients g = matmul_bias_backward(saved[0], saved[1], grads[0].contiguous(),
+                                                 ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                                 ctx->needs_input_grad(2));
+    return {g.a, g.b, g.bias};
   }
 };
 
@@ -93,11 +104,83 @@ torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
   return layer.ptr()->forward(x);
 }
 
+namespace {
+
+// Adds `grad` to the gradient that autograd keeps for `parameter`.
+void accumulate_gradient(const torch::Tensor& parameter, const torch::Tensor& grad) {
+  torch::Tensor& total = const_cast<torch::Tensor&>(parameter).mutable_grad();
+  if (total.defined()) {
+    total.add_(grad);
+  } else {
+    // A tensor of its own, never a view: optimizers detach gradients in place.
+    total = at::empty_like(parameter, at::MemoryFormat::Contiguous).copy_(grad);
+  }
+}
+
+}  // namespace
+
+torch::Tensor linear_backward(const torch::nn::Linear& layer, const torch::Tensor& x, const torch::Tensor& grad_y) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor& weight = layer->weight;
+  const at::Tensor& bias = layer->bias;
+  const at::Tensor rows = x.reshape({-1, x.size(-1)}).contiguous();
+  const at::Tensor grad = grad_y.reshape({-1, grad_y.size(-1)}).to(x.scalar_type()).contiguous();
+#ifdef IMP_WITH_ONEDNN
+  if (onednn_applies(x, weight)) {
+    MatmulBiasGradients g = matmul_bias_backward(rows, weight.t(), grad, true, weight.requires_grad(),
+                                                 bias.defined() && bias.requires_grad());
+    if (g.b.defined()) accumulate_gradient(weight, g.b.t());
+    if (g.bias.defined()) accumulate_gradient(bias, g.bias);
+    return g.a.view(x.sizes());
+  }
+#endif
+  AutocastOff plain;
+  const at::Tensor w = weight.to(x.scalar_type());
+  if (weight.requires_grad()) accumulate_gradient(weight, at::mm(grad.t(), rows));
+  if (bias.defined() && bias.requires_grad()) accumulate_gradient(bias, grad.sum(0));
+  return at::mm(grad, w).view(x.sizes());
+}
+
 torch::Tensor batched_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
 #ifdef IMP_WITH_ONEDNN
   if (onednn_applies(x, weight)) return MatmulBiasFunction::apply(x.contiguous(), weight.contiguous(), bias);
 #endif
   return torch::baddbmm(bias, x, weight);
+}
+
+void batched_linear_parameter_backward(const torch::Tensor& x, const torch::Tensor& weight,
+                                       const torch::Tensor& bias, const torch::Tensor& grad_y) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor grad = grad_y.to(x.scalar_type()).contiguous();
+  const bool weight_grad = weight.requires_grad(), bias_grad = bias.requires_grad();
+#ifdef IMP_WITH_ONEDNN
+  if (onednn_applies(x, weight)) {
+    MatmulBiasGradients g = matmul_bias_backward(x.contiguous(), weight.contiguous(), grad, false,
+                                                 weight_grad, bias_grad);
+    if (g.b.defined()) accumulate_gradient(weight, g.b);
+    if (g.bias.defined()) accumulate_gradient(bias, g.bias);
+    return;
+  }
+#endif
+  AutocastOff plain;
+  if (weight_grad) accumulate_gradient(weight, at::bmm(x.transpose(1, 2), grad));
+  if (bias_grad) accumulate_gradient(bias, grad.sum(1, true));
+}
+
+torch::Tensor matmul_transposed(const torch::Tensor& a, const torch::Tensor& b) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor b_transposed = b.to(a.scalar_type()).contiguous().transpose(-1, -2);
+#ifdef IMP_WITH_ONEDNN
+  if (onednn_applies(a, b)) {
+    std::vector<int64_t> sizes = a.sizes().vec();
+    sizes.back() = b.size(-2);
+    at::Tensor out = at::empty(sizes, a.options());
+    onednn::multiply(a.contiguous(), b_transposed, out);
+    return out;
+  }
+#endif
+  AutocastOff plain;
+  return at::bmm(a, b_transposed);
 }
 
 }  // namespace imp

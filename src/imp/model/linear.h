@@ -13,8 +13,26 @@ namespace imp {
 // layer(x) for x of shape [..., in]: returns [..., out].
 torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x);
 
+// The backward pass of y = linear(layer, x) without its forward pass, for
+// recomputation that needs only what the backward pass reads. Adds the
+// gradients of the layer's weight and bias for dL/dy = grad_y to their
+// .grad, as autograd does, and returns dL/dx. Computes in x's dtype: a
+// reduced-precision x means the forward pass ran under autocast, which cast
+// the weight and bias to that dtype too.
+torch::Tensor linear_backward(const torch::nn::Linear& layer, const torch::Tensor& x, const torch::Tensor& grad_y);
+
 // One linear map per expert: bias[e] + x[e] @ weight[e], as torch::baddbmm.
 // x: [E, S, in]; weight: [E, in, out]; bias: [E, 1, out]. Returns [E, S, out].
 torch::Tensor batched_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+// The weight and bias gradients of y = batched_linear(x, weight, bias) for
+// dL/dy = grad_y, added to their .grad; dL/dx is not computed. In x's dtype,
+// as linear_backward.
+void batched_linear_parameter_backward(const torch::Tensor& x, const torch::Tensor& weight,
+                                       const torch::Tensor& bias, const torch::Tensor& grad_y);
+
+// a @ b^T for each batch entry, in a's dtype, without autograd:
+// a: [E, S, K]; b: [E, N, K]. Returns [E, S, N].
+torch::Tensor matmul_transposed(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace imp

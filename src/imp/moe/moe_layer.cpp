@@ -116,28 +116,68 @@ torch::Tensor MoeLayerImpl::run_experts_sharded(const torch::Tensor& expert_in) 
       .view({config_.num_experts, slots, d_model});  // [E, G*C, D]
 }
 
-torch::Tensor MoeLayerImpl::run_experts(const torch::Tensor& expert_in) {
+torch::Tensor MoeLayerImpl::expert_hidden(const torch::Tensor& expert_in) {
   // Outside autocast, bf16 tokens meeting float32 weights are cast to float32.
   // Inside autocast, the matmuls cast both to bf16 anyway.
   torch::Tensor in = expert_in.to(fc1_weight.scalar_type());
-  torch::Tensor hidden = torch::gelu(batched_linear(in, fc1_weight, fc1_bias));  // [E, G*C, M]
-  return batched_linear(hidden, fc2_weight, fc2_bias);                          // [E, G*C, D]
+  return torch::gelu(batched_linear(in, fc1_weight, fc1_bias));  // [E, G*C, M]
 }
 
-MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+torch::Tensor MoeLayerImpl::run_experts(const torch::Tensor& expert_in) {
+  return batched_linear(expert_hidden(expert_in), fc2_weight, fc2_bias);  // [E, G*C, D]
+}
+
+void MoeLayerImpl::check_input(const torch::Tensor& x, const torch::Tensor& mask) const {
   const int64_t d_model = fc1_weight.size(1);
   TORCH_CHECK(x.dim() == 3 && x.size(2) == d_model,
               "MoE input must be [B, N, D] with D = ", d_model, ", got ", x.sizes());
-  const int64_t batch = x.size(0), length = x.size(1), num_tokens = batch * length;
   if (mask.defined()) {
-    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == length,
-                "MoE mask must be [B, N] = [", batch, ", ", length, "], got ", mask.sizes());
+    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == x.size(0) && mask.size(1) == x.size(1),
+                "MoE mask must be [B, N] = [", x.size(0), ", ", x.size(1), "], got ", mask.sizes());
     TORCH_CHECK(mask.scalar_type() == torch::kBool, "MoE mask must be bool, got ",
                 mask.scalar_type());
     TORCH_CHECK(mask.device() == x.device(), "MoE mask is on ", mask.device(),
                 " but the input is on ", x.device());
   }
+}
 
+MoeLayerImpl::Dispatch MoeLayerImpl::dispatch(const torch::Tensor& x, const torch::Tensor& mask) {
+  const int64_t d_model = x.size(2), num_tokens = x.size(0) * x.size(1);
+  const int64_t num_experts = config_.num_experts;
+  // Group: T tokens become G groups of S slots, the tail padded with masked
+  // zero tokens.
+  const int64_t num_groups = (num_tokens + config_.group_size - 1) / config_.group_size;
+  const int64_t group_size = (num_tokens + num_groups - 1) / num_groups;
+  const int64_t padding = num_groups * group_size - num_tokens;
+  torch::Tensor x_flat = x.reshape({num_tokens, d_model});  // [T, D]
+  torch::Tensor valid = mask.defined() ? mask.reshape({num_tokens})
+                                       : torch::ones({num_tokens}, x.options().dtype(torch::kBool));
+  if (padding > 0) {
+    x_flat = torch::constant_pad_nd(x_flat, {0, 0, 0, padding});  // [G*S, D]
+    valid = torch::constant_pad_nd(valid, {0, padding}, 0);       // [G*S]
+  }
+  Dispatch out;
+  out.valid = valid.view({num_groups, group_size});  // [G, S]
+  out.padded_tokens = num_groups * group_size;
+
+  // Route.
+  out.plan = router->route(x_flat.view({num_groups, group_size, d_model}), out.valid);
+  const int64_t num_slots = out.plan.token_index.size(1);  // G*C
+  TORCH_CHECK(out.plan.token_index.size(0) == num_experts && num_slots == num_groups * out.plan.capacity,
+              "routing plan must be [E, G*C] = [", num_experts, ", ", num_groups * out.plan.capacity,
+              "], got ", out.plan.token_index.sizes());
+  out.slot_rows = out.plan.token_index.reshape({num_experts * num_slots});  // [E*G*C]
+
+  // Gather each slot's token into the expert buffer.
+  out.expert_in =
+      x_flat.index_select(0, out.slot_rows).view({num_experts, num_slots, d_model});  // [E, G*C, D]
+  return out;
+}
+
+MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  check_input(x, mask);
+  const int64_t d_model = x.size(2);
+  const int64_t batch = x.size(0), length = x.size(1), num_tokens = batch * length;
   const int64_t num_experts = config_.num_experts;
   MoeOutput out;
   if (num_tokens == 0) {
@@ -155,49 +195,62 @@ MoeOutput MoeLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mas
     return out;
   }
 
-  // Group: T tokens become G groups of S slots, the tail padded with masked
-  // zero tokens.
-  const int64_t num_groups = (num_tokens + config_.group_size - 1) / config_.group_size;
-  const int64_t group_size = (num_tokens + num_groups - 1) / num_groups;
-  const int64_t padding = num_groups * group_size - num_tokens;
-  torch::Tensor x_flat = x.reshape({num_tokens, d_model});  // [T, D]
-  torch::Tensor valid = mask.defined() ? mask.reshape({num_tokens})
-                                       : torch::ones({num_tokens}, x.options().dtype(torch::kBool));
-  if (padding > 0) {
-    x_flat = torch::constant_pad_nd(x_flat, {0, 0, 0, padding});  // [G*S, D]
-    valid = torch::constant_pad_nd(valid, {0, padding}, 0);       // [G*S]
-  }
-  valid = valid.view({num_groups, group_size});  // [G, S]
-
-  // Route.
-  RoutingPlan plan = router->route(x_flat.view({num_groups, group_size, d_model}), valid);
-  const int64_t num_slots = plan.token_index.size(1);  // G*C
-  TORCH_CHECK(plan.token_index.size(0) == num_experts && num_slots == num_groups * plan.capacity,
-              "routing plan must be [E, G*C] = [", num_experts, ", ", num_groups * plan.capacity,
-              "], got ", plan.token_index.sizes());
-  torch::Tensor slot_rows = plan.token_index.reshape({num_experts * num_slots});  // [E*G*C]
-
-  // Dispatch each slot's token into the expert buffer.
-  torch::Tensor expert_in =
-      x_flat.index_select(0, slot_rows).view({num_experts, num_slots, d_model});  // [E, G*C, D]
-
-  // Experts.
-  torch::Tensor expert_out =
-      expert_group_ ? run_experts_sharded(expert_in) : run_experts(expert_in);  // [E, G*C, D]
+  Dispatch routed = dispatch(x, mask);
+  const int64_t num_slots = routed.expert_in.size(1);
+  torch::Tensor expert_out = expert_group_ ? run_experts_sharded(routed.expert_in)
+                                           : run_experts(routed.expert_in);  // [E, G*C, D]
 
   // Combine: weight every slot by its router probability (0 for dropped
   // slots) and add it to its token's row.
-  torch::Tensor weighted = expert_out * plan.combine_weight.unsqueeze(-1);  // [E, G*C, D]
-  torch::Tensor y_flat = torch::zeros({num_groups * group_size, d_model}, x.options())
-                             .index_add(0, slot_rows,
+  torch::Tensor weighted = expert_out * routed.plan.combine_weight.unsqueeze(-1);  // [E, G*C, D]
+  torch::Tensor y_flat = torch::zeros({routed.padded_tokens, d_model}, x.options())
+                             .index_add(0, routed.slot_rows,
                                         weighted.reshape({num_experts * num_slots, d_model})
                                             .to(x.scalar_type()));         // [G*S, D]
   out.y = y_flat.narrow(0, 0, num_tokens).view({batch, length, d_model});  // [B, N, D]
 
   // Metrics.
-  out.aux_loss = plan.aux_loss.to(torch::kFloat);
-  out.metrics = compute_routing_metrics(plan, valid);
+  out.aux_loss = routed.plan.aux_loss.to(torch::kFloat);
+  out.metrics = compute_routing_metrics(routed.plan, routed.valid);
   return out;
+}
+
+bool MoeLayerImpl::has_hidden_path(const torch::Tensor& x) const {
+  return expert_group_ == nullptr && x.numel() > 0;
+}
+
+MoeHidden MoeLayerImpl::forward_to_hidden(const torch::Tensor& x, const torch::Tensor& mask) {
+  check_input(x, mask);
+  TORCH_CHECK(has_hidden_path(x), "forward_to_hidden needs local experts and at least one token");
+  Dispatch routed = dispatch(x, mask);
+  MoeHidden out;
+  out.hidden = expert_hidden(routed.expert_in);
+  out.combine_weight = routed.plan.combine_weight;
+  out.slot_rows = routed.slot_rows;
+  out.aux_loss = routed.plan.aux_loss.to(torch::kFloat);
+  out.padded_tokens = routed.padded_tokens;
+  return out;
+}
+
+std::pair<torch::Tensor, torch::Tensor> MoeLayerImpl::hidden_gradients(const MoeHidden& part,
+                                                                       const torch::Tensor& grad_y) {
+  torch::NoGradGuard no_grad;
+  const int64_t num_experts = part.hidden.size(0), num_slots = part.hidden.size(1);
+  const int64_t d_model = grad_y.size(-1);
+  // g: dL/d(weighted), the gradient that index_add hands each slot.
+  torch::Tensor g = grad_y.reshape({-1, d_model});
+  const int64_t padding = part.padded_tokens - g.size(0);
+  if (padding > 0) g = torch::constant_pad_nd(g, {0, 0, 0, padding});
+  g = g.index_select(0, part.slot_rows).view({num_experts, num_slots, d_model});  // [E, G*C, D]
+
+  const torch::Tensor weight = part.combine_weight.unsqueeze(-1);                  // [E, G*C, 1]
+  const torch::Tensor p = matmul_transposed(g.to(part.hidden.scalar_type()), fc2_weight);  // [E, G*C, M]
+  torch::Tensor grad_hidden = (p * weight).to(part.hidden.scalar_type());
+  // Products summed in at least float32, also where P and hidden are bf16.
+  const torch::ScalarType sum_type = c10::promoteTypes(p.scalar_type(), torch::kFloat);
+  torch::Tensor grad_weight = (p.to(sum_type) * part.hidden).sum(-1) + (g * fc2_bias).sum(-1);
+  batched_linear_parameter_backward(part.hidden, fc2_weight, fc2_bias, g * weight);
+  return {grad_hidden, grad_weight.to(part.combine_weight.scalar_type())};
 }
 
 }  // namespace imp

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
@@ -33,6 +34,16 @@ struct MoeOutput {
   torch::Tensor y;         // [B, N, D], the dtype of the input x
   torch::Tensor aux_loss;  // scalar float32, unweighted; 0 for experts_choose
   RoutingMetrics metrics;
+};
+
+// What the backward pass of MoeLayerImpl::forward reads, recomputed without
+// the experts' last linear map and the combine: see forward_to_hidden.
+struct MoeHidden {
+  torch::Tensor hidden;          // [E, G*C, M], the experts' GELU activations
+  torch::Tensor combine_weight;  // [E, G*C] float32, as in RoutingPlan
+  torch::Tensor slot_rows;       // [E*G*C], the token row of each slot
+  torch::Tensor aux_loss;        // as in MoeOutput
+  int64_t padded_tokens = 0;     // G*S
 };
 
 // MoE layer with E experts, each Linear(D, M) -> GELU -> Linear(M, D) with
@@ -73,6 +84,21 @@ class MoeLayerImpl : public torch::nn::Module {
   // tokens are real. Synchronises with the device once, for the metrics.
   MoeOutput forward(const torch::Tensor& x, const torch::Tensor& mask = {});
 
+  // For recomputation in the backward pass: forward() up to the experts'
+  // hidden activations. The experts' last linear map and the combine are
+  // left out, since their backward pass needs neither of their outputs:
+  // hidden_gradients() gives the gradients of what remains. Needs local
+  // experts (no sharding) and at least one token; has_hidden_path() says so.
+  bool has_hidden_path(const torch::Tensor& x) const;
+  MoeHidden forward_to_hidden(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // For dL/dy = grad_y ([B, N, D]) of forward(x, mask).y: returns
+  // dL/d(hidden) and dL/d(combine_weight), and adds the gradients of
+  // fc2_weight and fc2_bias to their .grad. With out = fc2(hidden) and
+  // g = dL/d(out * combine_weight), both follow from one product P = g fc2^T:
+  // dL/d(hidden) = combine_weight * P and dL/d(combine_weight) =
+  // sum(g * out) = sum(hidden * P) + g . fc2_bias, so out is never formed.
+  std::pair<torch::Tensor, torch::Tensor> hidden_gradients(const MoeHidden& part, const torch::Tensor& grad_y);
+
   const MoeConfig& config() const { return config_; }
   // E, the experts of the whole layer, sharded or not.
   int64_t num_experts() const { return config_.num_experts; }
@@ -104,6 +130,21 @@ class MoeLayerImpl : public torch::nn::Module {
   torch::Tensor fc2_bias;    // [E, 1, D]
 
  private:
+  // The routed tokens of x in the experts' buffer.
+  struct Dispatch {
+    RoutingPlan plan;
+    torch::Tensor valid;      // [G, S] bool, real tokens
+    torch::Tensor slot_rows;  // [E*G*C]
+    torch::Tensor expert_in;  // [E, G*C, D]
+    int64_t padded_tokens = 0;
+  };
+  // Checks x and mask as forward() documents them.
+  void check_input(const torch::Tensor& x, const torch::Tensor& mask) const;
+  // Groups x's tokens, routes them and gathers each slot's token; x must
+  // hold at least one token.
+  Dispatch dispatch(const torch::Tensor& x, const torch::Tensor& mask);
+  // The first half of every local expert: [El, S', D] -> [El, S', M].
+  torch::Tensor expert_hidden(const torch::Tensor& expert_in);
   // Runs every local expert on its slots: [El, S', D] -> [El, S', D].
   torch::Tensor run_experts(const torch::Tensor& expert_in);
   // Sends each expert's slots to the process holding it, runs the local
