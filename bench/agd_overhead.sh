@@ -19,6 +19,15 @@ rounds="${1:-6}"
 steps="${2:-300}"
 dtype="${3:-fp32}"
 bench="${BENCH_TRAIN:-build/bench/bench_train}"
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ && "$steps" =~ ^[1-9][0-9]*$ ]]; then
+  echo "agd_overhead: ROUNDS and STEPS must be positive integers, got '$rounds' and '$steps'" >&2
+  exit 2
+fi
+if [[ ! -x "$bench" ]]; then
+  echo "agd_overhead: $bench not found; build it with ./scripts/build.sh --target bench_train" \
+       "or point BENCH_TRAIN at it" >&2
+  exit 2
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
