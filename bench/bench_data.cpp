@@ -25,7 +25,6 @@
 
 #include "source_commit.h"
 #include "imp/config/config.h"
-#include "imp/core/heap.h"
 #include "imp/core/random.h"
 #include "imp/core/threads.h"
 #include "imp/core/version.h"
@@ -77,7 +76,6 @@ double rate(double budget, Body body) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  imp::keep_freed_memory_in_heap();
   double budget = 5.0;
   int steps = 60;
   for (int i = 1; i + 1 < argc; i += 2) {

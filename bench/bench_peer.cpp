@@ -11,8 +11,8 @@
 //
 // For each dtype it runs imp in a child process with the thread settings
 // `imp train` uses, then the reference (Debian's /usr/bin/python3) with
-// OMP_WAIT_POLICY=PASSIVE, with imp's thread and heap settings for the
-// dtype (the faster of these two is its best setting) and, for fp32, with the
+// OMP_WAIT_POLICY=PASSIVE, with imp's thread settings for the dtype (the
+// faster of these two is its best setting) and, for fp32, with the
 // default environment (what a user gets). The reference runs on Debian's
 // python3-torch (apt-get install python3-torch). It prints each run's steps/s,
 // tokens/s, model FLOP/s, and the matmul rate measured in the same process,
@@ -41,7 +41,6 @@
 #include "source_commit.h"
 #include "imp/config/config.h"
 #include "imp/core/autocast.h"
-#include "imp/core/heap.h"
 #include "imp/core/threads.h"
 #include "imp/core/version.h"
 #include "imp/model/imp_model.h"
@@ -243,7 +242,7 @@ int run_imp(const std::string& dtype, const Options& options) {
                         {"matmul_gflops", matmul_gflops(dtype)},
                         {"peak_rss_mib", peak_rss_mib()},
                         {"last_loss", loss},
-                        {"threads", imp::thread_settings() + ", " + imp::heap_settings()}};
+                        {"threads", imp::thread_settings()}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
@@ -284,7 +283,6 @@ double number(const nlohmann::json& row, const char* key) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  imp::keep_freed_memory_in_heap();
   Options options;
   std::string child_dtype;
   for (int i = 1; i < argc; ++i) {
@@ -357,21 +355,19 @@ int main(int argc, char** argv) {
                   dtype.c_str(), number(best, "steps_per_s"), number(best, "tokens_per_s"),
                   number(best, "achieved_gflops"),
                   number(ours, "tokens_per_s") / std::max(1e-9, number(best, "tokens_per_s")));
-      // imp's own thread and heap settings for this dtype may suit the
-      // reference better than PASSIVE alone, so the better of the two counts
-      // as its best. In bf16 the matmuls run on the OpenMP pool, and imp gives
-      // OpenBLAS one thread. In fp32 imp also puts OpenBLAS's idle threads to
-      // sleep at once. In both, freed memory stays in the heap.
-      const std::string alike_environment =
-          (dtype == "bf16" ? "env -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=1 "
-                           : "env -u OPENBLAS_NUM_THREADS OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=4 ") +
-          std::string("GLIBC_TUNABLES=") + imp::heap_tunables() + " ";
+      // imp's own thread settings for this dtype may suit the reference
+      // better than PASSIVE alone, so the better of the two counts as its best.
+      // In bf16 the matmuls run on the OpenMP pool, and imp gives OpenBLAS one
+      // thread. In fp32 imp also puts OpenBLAS's idle threads to sleep at once.
+      const std::string alike_environment = dtype == "bf16"
+                                                ? "env -u OMP_WAIT_POLICY OPENBLAS_NUM_THREADS=1 "
+                                                : "env -u OPENBLAS_NUM_THREADS OMP_WAIT_POLICY=PASSIVE "
+                                                  "OPENBLAS_THREAD_TIMEOUT=4 ";
       const nlohmann::json alike = run_json(alike_environment + python);
       std::printf("bench_peer: reference %s, %s: %.3f steps/s, %.0f tokens/s, %.1f GFLOP/s; "
                   "imp / reference = %.2fx\n",
                   dtype.c_str(),
-                  dtype == "bf16" ? "OPENBLAS_NUM_THREADS=1 and imp's heap settings"
-                                  : "PASSIVE, OPENBLAS_THREAD_TIMEOUT=4 and imp's heap settings",
+                  dtype == "bf16" ? "OPENBLAS_NUM_THREADS=1" : "PASSIVE and OPENBLAS_THREAD_TIMEOUT=4",
                   number(alike, "steps_per_s"), number(alike, "tokens_per_s"), number(alike, "achieved_gflops"),
                   number(ours, "tokens_per_s") / std::max(1e-9, number(alike, "tokens_per_s")));
       if (number(alike, "tokens_per_s") > number(best, "tokens_per_s")) best = alike;

@@ -17,14 +17,12 @@
 
 #include "imp/config/config.h"
 #include "imp/core/error.h"
-#include "imp/core/heap.h"
 #include "imp/core/threads.h"
 #include "imp/core/version.h"
 #include "imp/train/trainer.h"
 #include "source_commit.h"
 
 int main(int argc, char** argv) {
-  imp::keep_freed_memory_in_heap();
   std::string config_path = std::string(IMP_SOURCE_DIR) + "/configs/default.yaml";
   std::vector<std::string> overrides = {"train.steps=60", "train.log_every=1000000",
                                         "workdir=/tmp/imp-bench-train"};
@@ -57,7 +55,7 @@ int main(int argc, char** argv) {
     std::printf("bench_train: config %s, preset %s, d_model %d, layers %d, experts %d, dtype %s\n",
                 config_path.c_str(), config.model.preset.c_str(), config.model.d_model,
                 config.model.num_layers, config.model.moe.num_experts, config.train.dtype.c_str());
-    std::printf("bench_train: %s, %s, libtorch %s, commit %s\n", imp::thread_settings().c_str(), imp::heap_settings(),
+    std::printf("bench_train: %s, libtorch %s, commit %s\n", imp::thread_settings().c_str(),
                 imp::torch_version().c_str(), source_commit().c_str());
     std::printf("bench_train: %lld steps in %.2f s: %.3f steps/s, %.0f tokens/s, %.1f examples/s, "
                 "data wait %.1f%%\n",

@@ -19,7 +19,6 @@
 
 #include "imp/config/config.h"
 #include "imp/core/error.h"
-#include "imp/core/heap.h"
 #include "imp/core/threads.h"
 #include "imp/data/data_tools.h"
 #include "imp/infer/embed.h"
@@ -37,7 +36,6 @@ int fail(const std::string& kind, const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  imp::keep_freed_memory_in_heap();
   CLI::App app{
       "imp: train and evaluate Integrated Multimodal Perception models (one shared "
       "Mixture-of-Experts Transformer for image, video, audio and text, trained by "

@@ -1,17 +1,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
-#include <thread>
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
+#include <thread>
 
 #include <ATen/Parallel.h>
 
-#include "imp/core/heap.h"
 #include "imp/core/threads.h"
 
 namespace {
@@ -79,38 +74,5 @@ TEST(ThreadEnvironment, SettingsLineNamesVariables) {
   EXPECT_NE(line.find(" threads, OMP_WAIT_POLICY"), std::string::npos) << line;
   EXPECT_NE(line.find(", OPENBLAS_NUM_THREADS"), std::string::npos) << line;
 }
-
-// Heap settings the user chose through the environment are left alone.
-// Other glibc tunables are not heap settings.
-TEST(HeapSettings, UserChoiceWins) {
-  EXPECT_FALSE(imp::user_sets_heap(nullptr, nullptr, nullptr));
-  EXPECT_FALSE(imp::user_sets_heap("glibc.cpu.x86_ibt=on", nullptr, nullptr));
-  EXPECT_TRUE(imp::user_sets_heap("glibc.malloc.arena_max=2", nullptr, nullptr));
-  EXPECT_TRUE(imp::user_sets_heap("glibc.cpu.x86_ibt=on:glibc.malloc.trim_threshold=0", nullptr, nullptr));
-  EXPECT_TRUE(imp::user_sets_heap(nullptr, "65536", nullptr));
-  EXPECT_TRUE(imp::user_sets_heap(nullptr, nullptr, "0"));
-}
-
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-// A freed 20 MiB block, the size of a large activation, stays in the heap
-// for the next allocation instead of going back to the system.
-TEST(HeapSettings, FreedBlockStaysInHeap) {
-  if (imp::user_sets_heap(std::getenv("GLIBC_TUNABLES"), std::getenv("MALLOC_MMAP_THRESHOLD_"),
-                          std::getenv("MALLOC_TRIM_THRESHOLD_"))) {
-    GTEST_SKIP() << "the environment sets glibc heap settings";
-  }
-  imp::keep_freed_memory_in_heap();
-  EXPECT_STREQ(imp::heap_settings(), "heap kept: no trimming, mmap threshold 32 MiB");
-  const size_t size = 20u << 20;
-  const size_t free_before = mallinfo2().fordblks;
-  const size_t mappings_before = mallinfo2().hblks;
-  char* block = static_cast<char*>(std::malloc(size));
-  ASSERT_NE(block, nullptr);
-  std::memset(block, 1, size);
-  EXPECT_EQ(mallinfo2().hblks, mappings_before) << "the block got a mapping of its own";
-  std::free(block);
-  EXPECT_GE(mallinfo2().fordblks, free_before + size);
-}
-#endif
 
 }  // namespace

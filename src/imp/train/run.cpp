@@ -8,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "imp/core/error.h"
-#include "imp/core/heap.h"
 #include "imp/core/threads.h"
 #include "imp/eval/evaluator.h"
 #include "imp/dist/environment.h"
@@ -184,7 +183,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
               run_config.model.preset.c_str(), static_cast<long long>(count_parameters(trainer.model())),
               trainer.model()->encoder()->moe_layers().size(), trainer.device().str().c_str(),
               run_config.train.dtype.c_str());
-  std::printf("threads: %s\nheap: %s\n", thread_settings().c_str(), heap_settings());
+  std::printf("threads: %s\n", thread_settings().c_str());
   if (!checkpoint.empty()) trainer.resume(checkpoint);
   if (!options.init_from.empty()) trainer.init_from(options.init_from);
   if (group) {
@@ -282,7 +281,7 @@ Config config_for_weights(const std::string& weights, const std::string& config_
 
 std::map<std::string, double> run_eval(const std::string& weights, const Config& config) {
   set_intra_op_threads(config.train.threads);
-  std::printf("threads: %s\nheap: %s\n", thread_settings().c_str(), heap_settings());
+  std::printf("threads: %s\n", thread_settings().c_str());
   InferenceModel loaded = load_for_inference(weights, config);
 
   const bool folder = fs::is_directory(weights);
