@@ -37,8 +37,12 @@ echo "agd_overhead: commit $(git rev-parse --short HEAD 2>/dev/null || echo unkn
 # Prints the tokens/s of one bench_train run of config $1.
 run() {
   local name="$1" out
-  out="$("$bench" "bench/configs/$name.yaml" --set "train.steps=$steps" --set "workdir=$work/$name" \
-         --set "cache_dir=$work/cache" --set "train.dtype=$dtype" 2>&1)" || { echo "$out" >&2; exit 1; }
+  if ! out="$("$bench" "bench/configs/$name.yaml" --set "train.steps=$steps" --set "workdir=$work/$name" \
+              --set "cache_dir=$work/cache" --set "train.dtype=$dtype" 2>&1)"; then
+    echo "agd_overhead: bench_train failed on bench/configs/$name.yaml:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
   echo "$out" | sed -n 's/^bench_train: .* steps in .* \([0-9.]*\) tokens\/s.*/\1/p'
 }
 

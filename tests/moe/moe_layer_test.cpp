@@ -538,7 +538,7 @@ TEST(MoeGradient, HiddenPathMatchesFullForward) {
     for (const torch::ScalarType dtype : {torch::kDouble, torch::kFloat}) {
       torch::manual_seed(12);
       // T = 14, group_size 4: G = 4, S = 4 with two padded slots. Experts
-      // choose one token each per group; token choice with capacity 0.5
+      // choose one token each per group. Token choice with capacity 0.5
       // drops tokens.
       MoeLayer layer(6, 10, make_config(3, router, router == "token_choice" ? 0.5 : 0.75, 4, 2));
       layer->to(dtype);

@@ -95,11 +95,15 @@ EncoderBlockImpl::EncoderBlockImpl(const ModelConfig& config, bool moe) {
   }
 }
 
-BlockOutput EncoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
-  BlockOutput out;
+torch::Tensor EncoderBlockImpl::attention_residual(const torch::Tensor& x, const torch::Tensor& mask) {
   // Sums with a bf16 branch would give bf16; casting the branch back keeps
   // the residual stream in the stream's own dtype.
-  torch::Tensor h = x + attention_(ln1_(x), mask).to(x.scalar_type());
+  return x + attention_(ln1_(x), mask).to(x.scalar_type());
+}
+
+BlockOutput EncoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  BlockOutput out;
+  torch::Tensor h = attention_residual(x, mask);
 
   if (moe_.is_empty()) {
     out.x = h + mlp_(ln2_(h)).to(h.scalar_type());
@@ -127,34 +131,37 @@ EncoderBlockImpl::BackwardRoots EncoderBlockImpl::recompute_for_backward(const t
   };
   // Only the recomputed forward runs under autocast. The backward pass must
   // not: like the plain path's, it runs in each saved tensor's own precision.
-  torch::Tensor h;
-  if (moe_.is_empty()) {
-    torch::Tensor hidden;
+  if (!moe_.is_empty() && !moe_->has_hidden_path(x)) {
+    // Sharded experts run their last linear map on other processes, so the
+    // block runs in full.
+    BlockOutput out;
     {
       AutocastScope scope(device, autocast);
-      h = x + attention_(ln1_(x), mask).to(x.scalar_type());
-      hidden = mlp_->hidden(ln2_(h));
+      out = forward(x, mask);
     }
-    // out = h + fc2(hidden): the gradient reaches h unchanged.
-    add_root(h, grad_output);
-    add_root(hidden, mlp_->output_backward(hidden, grad_output));
+    add_root(out.x, grad_output);
+    add_root(out.aux_loss, grad_aux);
     return roots;
   }
 
+  torch::Tensor h, hidden;
   MoeHidden part;
   {
     AutocastScope scope(device, autocast);
-    h = x + attention_(ln1_(x), mask).to(x.scalar_type());
-    torch::Tensor normed = ln2_(h);
-    if (!moe_->has_hidden_path(normed)) {
-      MoeOutput routed = moe_(normed, mask);
-      add_root(h + routed.y.to(h.scalar_type()), grad_output);
-      add_root(routed.aux_loss, grad_aux);
-      return roots;
+    h = attention_residual(x, mask);
+    if (moe_.is_empty()) {
+      hidden = mlp_->hidden(ln2_(h));
+    } else {
+      part = moe_->forward_to_hidden(ln2_(h), mask);
     }
-    part = moe_->forward_to_hidden(normed, mask);
   }
+  // The block's output is h plus the feed-forward branch, so the gradient
+  // reaches h unchanged.
   add_root(h, grad_output);
+  if (moe_.is_empty()) {
+    add_root(hidden, mlp_->output_backward(hidden, grad_output));
+    return roots;
+  }
   auto [grad_hidden, grad_combine] = moe_->hidden_gradients(part, grad_output);
   add_root(part.hidden, grad_hidden);
   add_root(part.combine_weight, grad_combine);

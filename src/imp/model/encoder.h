@@ -57,14 +57,14 @@ class EncoderBlockImpl : public torch::nn::Module {
   BlockOutput forward(const torch::Tensor& x, const torch::Tensor& mask);
   bool is_moe() const { return !moe_.is_empty(); }
 
-  // For the backward pass of a block whose forward pass kept nothing:
-  // recomputes the block from its input x, under bf16 autocast when
-  // `autocast`, and returns the tensors to back-propagate from, with their
-  // gradients, for dL/d(output) = grad_output and dL/d(aux_loss) = grad_aux
-  // (undefined when there is none). The feed-forward layer's last linear map
-  // is not run: its backward pass needs only its input, so its parameter
-  // gradients are added to their .grad here, and the returned tensors end
-  // just before it. MoE layers with sharded experts run in full.
+  // Recomputes the block from its input x for a backward pass whose forward
+  // pass kept nothing, under bf16 autocast when `autocast`. Returns the
+  // tensors to back-propagate from, with their gradients, for
+  // dL/d(output) = grad_output and dL/d(aux_loss) = grad_aux (undefined when
+  // there is none). The feed-forward layer's last linear map is not run,
+  // because its backward pass needs only its input. Its parameter gradients
+  // are added to their .grad here, and the returned tensors end just before
+  // it. MoE layers with sharded experts run in full.
   struct BackwardRoots {
     std::vector<torch::Tensor> tensors, grads;
   };
@@ -73,6 +73,9 @@ class EncoderBlockImpl : public torch::nn::Module {
                                        bool autocast);
 
  private:
+  // x + attention(LN(x)), in x's dtype.
+  torch::Tensor attention_residual(const torch::Tensor& x, const torch::Tensor& mask);
+
   torch::nn::LayerNorm ln1_{nullptr}, ln2_{nullptr};
   SelfAttention attention_{nullptr};
   Mlp mlp_{nullptr};

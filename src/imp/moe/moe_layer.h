@@ -36,8 +36,9 @@ struct MoeOutput {
   RoutingMetrics metrics;
 };
 
-// What the backward pass of MoeLayerImpl::forward reads, recomputed without
-// the experts' last linear map and the combine: see forward_to_hidden.
+// The tensors that the backward pass of MoeLayerImpl::forward reads,
+// recomputed without the experts' last linear map and the combine (see
+// forward_to_hidden).
 struct MoeHidden {
   torch::Tensor hidden;          // [E, G*C, M], the experts' GELU activations
   torch::Tensor combine_weight;  // [E, G*C] float32, as in RoutingPlan
@@ -88,7 +89,8 @@ class MoeLayerImpl : public torch::nn::Module {
   // hidden activations. The experts' last linear map and the combine are
   // left out, since their backward pass needs neither of their outputs:
   // hidden_gradients() gives the gradients of what remains. Needs local
-  // experts (no sharding) and at least one token; has_hidden_path() says so.
+  // experts (no sharding) and at least one token, which has_hidden_path()
+  // checks.
   bool has_hidden_path(const torch::Tensor& x) const;
   MoeHidden forward_to_hidden(const torch::Tensor& x, const torch::Tensor& mask = {});
   // For dL/dy = grad_y ([B, N, D]) of forward(x, mask).y: returns
@@ -140,8 +142,8 @@ class MoeLayerImpl : public torch::nn::Module {
   };
   // Checks x and mask as forward() documents them.
   void check_input(const torch::Tensor& x, const torch::Tensor& mask) const;
-  // Groups x's tokens, routes them and gathers each slot's token; x must
-  // hold at least one token.
+  // Groups x's tokens, routes them and gathers each slot's token. x must
+  // contain at least one token.
   Dispatch dispatch(const torch::Tensor& x, const torch::Tensor& mask);
   // The first half of every local expert: [El, S', D] -> [El, S', M].
   torch::Tensor expert_hidden(const torch::Tensor& expert_in);
