@@ -101,7 +101,12 @@ torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
     return MatmulBiasFunction::apply(rows, layer->weight.t(), layer->bias).view(sizes);
   }
 #endif
-  return layer.ptr()->forward(x);
+  // ATen's linear, not the module's forward: for inputs of three or more
+  // dimensions the C++ frontend computes matmul and then adds the float32
+  // bias in place, which under autocast runs the addition in float32 on a
+  // converted copy of the bfloat16 output and converts it back. ATen's
+  // linear casts the bias with the other operands and fuses it.
+  return at::linear(x, layer->weight, layer->bias);
 }
 
 namespace {
