@@ -135,7 +135,7 @@ double peak_rss_mib() {
 
 // Operator profile of `run`: prints the `rows` operators with the most self
 // time (time not spent in operators they call), summed over all calls and
-// grouped by input shapes.
+// grouped by input shapes and dtypes.
 void print_operator_profile(const std::function<void()>& run, int rows) {
   namespace profiler = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
@@ -156,10 +156,15 @@ void print_operator_profile(const std::function<void()>& run, int rows) {
   std::vector<Span> spans;
   for (const auto& event : result->events()) {
     std::string key = event.name(), separator = " ";
-    for (const auto& shape : event.shapes()) {
+    const auto shapes = event.shapes();
+    const auto dtypes = event.dtypes();
+    for (size_t input = 0; input < shapes.size(); ++input) {
+      const auto& shape = shapes[input];
       key += separator + "[";
       for (size_t i = 0; i < shape.size(); ++i) key += (i ? "x" : "") + std::to_string(shape[i]);
       key += "]";
+      // Tensor inputs carry their dtype, e.g. "[32x196x576] c10::BFloat16".
+      if (!shape.empty() && input < dtypes.size()) key += " " + dtypes[input];
       separator = ", ";
     }
     spans.push_back({event.startUs(), event.startUs() + event.durationUs(), event.startThreadId(), key});
