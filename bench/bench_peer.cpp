@@ -46,6 +46,7 @@
 #include "imp/model/imp_model.h"
 #include "imp/model/onednn_attention.h"
 #include "imp/objectives/losses.h"
+#include "imp/train/adamw.h"
 
 
 namespace {
@@ -206,8 +207,7 @@ int run_imp(const std::string& dtype, const Options& options) {
   const imp::ModelConfig config = ti_config(options.moe);
   imp::ImpModel model(config, kVocab, std::map<std::string, int64_t>{});
   model->train();
-  torch::optim::AdamW optimizer(model->parameters(),
-                                torch::optim::AdamWOptions(1e-4).weight_decay(0.05));
+  imp::FusedAdamW optimizer(model->parameters(), torch::optim::AdamWOptions(1e-4).weight_decay(0.05));
   const at::Tensor images = torch::randn({kBatch, 3, 1, kImage, kImage});
   const at::Tensor ids = torch::randint(3, kVocab, {kBatch, kTextLen}, torch::kLong);
   const at::Tensor mask = torch::ones({kBatch, kTextLen}, torch::kBool);

@@ -21,6 +21,7 @@
 #include "imp/dist/process_group.h"
 #include "imp/moe/moe_layer.h"
 #include "imp/tasks/variants.h"
+#include "imp/train/adamw.h"
 #include "imp/train/checkpoint.h"
 #include "imp/train/lr_schedule.h"
 #include "imp/train/prefetcher.h"
@@ -162,7 +163,7 @@ Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_de
   sampler_ = std::make_unique<TaskSampler>(weights, config_.train.sampler,
                                            mix64(config_.train.seed, hash_name("task sampler")));
   const OptimizerConfig& opt = config_.train.optimizer;
-  optimizer_ = std::make_unique<torch::optim::AdamW>(
+  optimizer_ = std::make_unique<FusedAdamW>(
       model_->parameters(), torch::optim::AdamWOptions(opt.lr)
                                 .betas({opt.beta1, opt.beta2})
                                 .eps(opt.eps)

@@ -1,0 +1,141 @@
+#include "imp/train/adamw.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/string_utils.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+namespace imp {
+namespace {
+
+using torch::optim::AdamWOptions;
+using torch::optim::AdamWParamState;
+
+// The scalars of one parameter's update, in float as LibTorch applies them
+// to float tensors.
+struct Update {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2;
+  float decay;              // 1 - lr * weight_decay
+  float step_size;          // lr / (1 - beta1^t)
+  float correction2_sqrt;   // sqrt(1 - beta2^t)
+  float eps;
+};
+
+// One element, in the order of LibTorch's AdamW: decay the weight, update
+// both moments, then subtract step_size * m / (sqrt(v) / sqrt(c2) + eps).
+inline void update_one(const Update& u, float* p, const float* g, float* m, float* v) {
+  const float grad = *g;
+  const float mean = *m * u.beta1 + grad * u.one_minus_beta1;
+  const float square = *v * u.beta2 + u.one_minus_beta2 * grad * grad;
+  *m = mean;
+  *v = square;
+  const float denom = std::sqrt(square) / u.correction2_sqrt + u.eps;
+  *p = *p * u.decay - u.step_size * (mean / denom);
+}
+
+// Elements [begin, end): four lanes at a time with SSE2 (every x86-64 CPU
+// has it; the pass is bound by memory, not arithmetic), then one at a time.
+// The lanes round every operation as update_one does.
+void update_range(const Update& u, float* __restrict p, const float* __restrict g, float* __restrict m,
+                  float* __restrict v, int64_t begin, int64_t end) {
+  int64_t i = begin;
+#ifdef __SSE2__
+  const __m128 beta1 = _mm_set1_ps(u.beta1), one_minus_beta1 = _mm_set1_ps(u.one_minus_beta1);
+  const __m128 beta2 = _mm_set1_ps(u.beta2), one_minus_beta2 = _mm_set1_ps(u.one_minus_beta2);
+  const __m128 decay = _mm_set1_ps(u.decay), step_size = _mm_set1_ps(u.step_size);
+  const __m128 correction2_sqrt = _mm_set1_ps(u.correction2_sqrt), eps = _mm_set1_ps(u.eps);
+  for (; i + 4 <= end; i += 4) {
+    const __m128 grad = _mm_loadu_ps(g + i);
+    const __m128 mean = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + i), beta1), _mm_mul_ps(grad, one_minus_beta1));
+    const __m128 square =
+        _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + i), beta2), _mm_mul_ps(_mm_mul_ps(one_minus_beta2, grad), grad));
+    _mm_storeu_ps(m + i, mean);
+    _mm_storeu_ps(v + i, square);
+    const __m128 denom = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(square), correction2_sqrt), eps);
+    const __m128 weight = _mm_mul_ps(_mm_loadu_ps(p + i), decay);
+    _mm_storeu_ps(p + i, _mm_sub_ps(weight, _mm_mul_ps(step_size, _mm_div_ps(mean, denom))));
+  }
+#endif
+  for (; i < end; ++i) update_one(u, p + i, g + i, m + i, v + i);
+}
+
+bool fusable(const torch::Tensor& parameter, const AdamWOptions& options) {
+  const torch::Tensor& grad = parameter.grad();
+  return !options.amsgrad() && parameter.device().is_cpu() && parameter.scalar_type() == at::kFloat &&
+         parameter.is_contiguous() && grad.layout() == at::kStrided && grad.device().is_cpu() &&
+         grad.scalar_type() == at::kFloat;
+}
+
+// The parameter's state, created as LibTorch's AdamW creates it on a first
+// step, with moments that are contiguous float tensors.
+AdamWParamState& state_of(torch::optim::Optimizer& optimizer, const torch::Tensor& parameter) {
+  auto& states = optimizer.state();
+  const std::string key = c10::guts::to_string(parameter.unsafeGetTensorImpl());
+  auto found = states.find(key);
+  if (found == states.end()) {
+    auto fresh = std::make_unique<AdamWParamState>();
+    fresh->exp_avg(torch::zeros_like(parameter, at::MemoryFormat::Contiguous));
+    fresh->exp_avg_sq(torch::zeros_like(parameter, at::MemoryFormat::Contiguous));
+    found = states.emplace(key, std::move(fresh)).first;
+  }
+  auto& state = static_cast<AdamWParamState&>(*found->second);
+  // Moments restored from a checkpoint may arrive in another layout.
+  if (!state.exp_avg().is_contiguous()) state.exp_avg(state.exp_avg().contiguous());
+  if (!state.exp_avg_sq().is_contiguous()) state.exp_avg_sq(state.exp_avg_sq().contiguous());
+  return state;
+}
+
+}  // namespace
+
+torch::Tensor FusedAdamW::step(LossClosure closure) {
+  for (const auto& group : param_groups()) {
+    const auto& options = static_cast<const AdamWOptions&>(group.options());
+    for (const torch::Tensor& parameter : group.params()) {
+      if (parameter.grad().defined() && !fusable(parameter, options)) return torch::optim::AdamW::step(closure);
+    }
+  }
+  torch::Tensor loss;
+  if (closure) {
+    torch::AutoGradMode grad_mode(true);
+    loss = closure();
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& group : param_groups()) {
+    const auto& options = static_cast<const AdamWOptions&>(group.options());
+    const double beta1 = std::get<0>(options.betas()), beta2 = std::get<1>(options.betas());
+    for (torch::Tensor& parameter : group.params()) {
+      if (!parameter.grad().defined()) continue;
+      AdamWParamState& state = state_of(*this, parameter);
+      state.step(state.step() + 1);
+      const double t = static_cast<double>(state.step());
+      Update u;
+      u.beta1 = static_cast<float>(beta1);
+      u.one_minus_beta1 = static_cast<float>(1.0 - beta1);
+      u.beta2 = static_cast<float>(beta2);
+      u.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+      u.decay = static_cast<float>(1.0 - options.lr() * options.weight_decay());
+      u.step_size = static_cast<float>(options.lr() / (1.0 - std::pow(beta1, t)));
+      u.correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, t)));
+      u.eps = static_cast<float>(options.eps());
+
+      const torch::Tensor grad = parameter.grad().contiguous();
+      float* p = parameter.data_ptr<float>();
+      const float* g = grad.data_ptr<float>();
+      float* m = state.exp_avg().data_ptr<float>();
+      float* v = state.exp_avg_sq().data_ptr<float>();
+      // Chunks of 16K elements: small tensors stay on one thread.
+      at::parallel_for(0, parameter.numel(), 1 << 14,
+                       [&](int64_t begin, int64_t end) { update_range(u, p, g, m, v, begin, end); });
+    }
+  }
+  return loss;
+}
+
+}  // namespace imp
