@@ -7,6 +7,7 @@
 //
 //   build/bench/bench_peer [--steps N] [--warmup N] [--dtypes fp32,bf16]
 //                          [--peer PATH/imp_ref.py] [--no-peer] [--dense] [--remat]
+//                          [--cpu-cache-mb MB]
 //   build/bench/bench_peer --child fp32|bf16 --profile ROWS [--steps N] ...
 //
 // For each dtype it runs imp in a child process with the thread settings
@@ -41,6 +42,7 @@
 #include "source_commit.h"
 #include "imp/config/config.h"
 #include "imp/core/autocast.h"
+#include "imp/core/cpu_cache.h"
 #include "imp/core/threads.h"
 #include "imp/core/version.h"
 #include "imp/model/imp_model.h"
@@ -65,6 +67,7 @@ struct Options {
   bool moe = true;
   bool remat = false;  // imp recomputes its blocks in the backward pass
   int profile_rows = 0;  // > 0: print imp's slowest operators instead of timing
+  int cpu_cache_mb = -1;  // imp's train.cpu_cache_mb: -1 = its default, 0 = no cache
 };
 
 imp::ModelConfig ti_config(bool moe) {
@@ -203,6 +206,8 @@ void print_operator_profile(const std::function<void()>& run, int rows) {
 // One imp run in this process: prints one JSON line.
 int run_imp(const std::string& dtype, const Options& options) {
   imp::set_intra_op_threads(0);
+  // As `imp train` with the default train.cpu_cache_mb.
+  imp::use_caching_cpu_allocator(imp::cpu_cache_limit_bytes(options.cpu_cache_mb));
   torch::manual_seed(0);
   const imp::ModelConfig config = ti_config(options.moe);
   imp::ImpModel model(config, kVocab, std::map<std::string, int64_t>{});
@@ -246,6 +251,7 @@ int run_imp(const std::string& dtype, const Options& options) {
                         {"achieved_gflops", steps_per_s * step_flops(options.moe) / 1e9},
                         {"matmul_gflops", matmul_gflops(dtype)},
                         {"peak_rss_mib", peak_rss_mib()},
+                        {"cpu_cache_peak_mib", imp::cpu_cache_stats().peak_kept_bytes / 1048576.0},
                         {"last_loss", loss},
                         {"threads", imp::thread_settings()}};
   std::printf("%s\n", out.dump().c_str());
@@ -299,6 +305,7 @@ int main(int argc, char** argv) {
     else if (arg == "--no-peer") options.run_peer = false;
     else if (arg == "--dense") options.moe = false;
     else if (arg == "--remat") options.remat = true;
+    else if (arg == "--cpu-cache-mb") options.cpu_cache_mb = std::atoi(value().c_str());
     else if (arg == "--child") child_dtype = value();
     else if (arg == "--profile") options.profile_rows = std::atoi(value().c_str());
     else if (arg == "--dtypes") {
@@ -323,7 +330,8 @@ int main(int argc, char** argv) {
     exe[length] = '\0';
     const std::string common = " --steps " + std::to_string(options.steps) + " --warmup " +
                                std::to_string(options.warmup) + (options.moe ? "" : " --dense") +
-                               (options.remat ? " --remat" : "");
+                               (options.remat ? " --remat" : "") + " --cpu-cache-mb " +
+                               std::to_string(options.cpu_cache_mb);
     const std::string peer_flags =
         "--d-model 192 --layers 12 --heads 3 --mlp-dim 768 --image-size 224 --patch 16 --threads 2 "
         "--batch 32 --tasks image_text_nce --steps " + std::to_string(options.steps) + " --warmup " +
@@ -346,12 +354,12 @@ int main(int argc, char** argv) {
       const nlohmann::json ours = run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" +
                                            std::string(exe) + "' --child " + dtype + common);
       std::printf("bench_peer: imp %s: %.3f steps/s, %.0f tokens/s, %.1f model GFLOP/s = %.0f%% of "
-                  "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB [%s]\n",
+                  "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB (CPU cache at most %.0f MiB) [%s]\n",
                   dtype.c_str(), number(ours, "steps_per_s"), number(ours, "tokens_per_s"),
                   number(ours, "achieved_gflops"),
                   100.0 * number(ours, "achieved_gflops") / std::max(1e-9, number(ours, "matmul_gflops")),
                   number(ours, "matmul_gflops"), number(ours, "peak_rss_mib"),
-                  ours.is_object() ? ours.value("threads", "").c_str() : "run failed");
+                  number(ours, "cpu_cache_peak_mib"), ours.is_object() ? ours.value("threads", "").c_str() : "run failed");
       if (!options.run_peer) continue;
       const std::string python = "/usr/bin/python3 '" + options.peer + "' " + peer_flags + " --dtype " + dtype;
       nlohmann::json best = run_json("env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT OMP_WAIT_POLICY=PASSIVE " + python);

@@ -569,6 +569,7 @@ TEST_F(ConfigErrors, ValuesOutOfRange) {
       {"train.sampler=random", "train.sampler",
        "must be multinomial or round_robin, found 'random'"},
       {"train.dtype=fp16", "train.dtype", "must be fp32 or bf16, found 'fp16'"},
+      {"train.cpu_cache_mb=-2", "train.cpu_cache_mb", "must be -1 (a quarter of this machine's memory), 0"},
       {"train.optimizer.lr=0", "train.optimizer.lr", "must be positive, found 0"},
       {"train.optimizer.warmup_steps=-1", "train.optimizer.warmup_steps",
        "must be zero or positive, found -1"},

@@ -165,6 +165,7 @@ void visit_fields(Visitor& v, TrainConfig& c) {
   v("progress", c.progress);
   v("tensorboard", c.tensorboard);
   v("collective_timeout", c.collective_timeout);
+  v("cpu_cache_mb", c.cpu_cache_mb);
   v("expert_parallel", c.expert_parallel);
   v("optimizer", c.optimizer);
 }
@@ -1088,6 +1089,11 @@ void validate_train(const Context& ctx, const TrainConfig& train) {
   check_positive(ctx, "train.keep_checkpoints", train.keep_checkpoints);
   check_one_of(ctx, "train.progress", train.progress, {"auto", "live", "lines"});
   check_positive(ctx, "train.collective_timeout", train.collective_timeout);
+  if (train.cpu_cache_mb < -1) {
+    fail(ctx, "train.cpu_cache_mb",
+         str_cat("must be -1 (a quarter of this machine's memory), 0 (no cache) or a size in MiB, found ",
+                 train.cpu_cache_mb));
+  }
   validate_optimizer(ctx, train.optimizer);
 }
 

@@ -205,6 +205,9 @@ struct TrainConfig {
   std::string progress = "auto";   // live (one updating line), lines, or auto (live on a terminal)
   bool tensorboard = true;         // TensorBoard event files in <workdir>/tensorboard
   int collective_timeout = 1800;   // seconds a rank waits for the others in a multi-process run
+  // Freed CPU tensor memory kept for reuse by later steps, in MiB
+  // (src/imp/core/cpu_cache.h); -1 = a quarter of the machine's memory, 0 = none.
+  int cpu_cache_mb = -1;
   // In a multi-process run, shard each MoE layer's experts across the
   // processes (num_experts divisible by their number) instead of copying
   // them to every process. Tokens travel to their experts by all-to-all.

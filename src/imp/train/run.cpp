@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "imp/core/cpu_cache.h"
 #include "imp/core/error.h"
 #include "imp/core/threads.h"
 #include "imp/eval/evaluator.h"
@@ -77,6 +78,13 @@ void print_signatures(const std::vector<SignatureCost>& signatures) {
                 extra_ms / measured);
   }
   std::printf("\n");
+  const CpuCacheStats cache = cpu_cache_stats();
+  if (cache.installed && cache.reused + cache.allocated > 0) {
+    std::printf("cpu cache: %lld of %lld large allocations reused freed memory; at most %.0f MiB kept "
+                "(limit %.0f MiB, train.cpu_cache_mb)\n",
+                static_cast<long long>(cache.reused), static_cast<long long>(cache.reused + cache.allocated),
+                cache.peak_kept_bytes / 1048576.0, cache.limit_bytes / 1048576.0);
+  }
 }
 
 void write_signatures(const fs::path& path, const std::vector<SignatureCost>& signatures) {
@@ -281,6 +289,7 @@ Config config_for_weights(const std::string& weights, const std::string& config_
 
 std::map<std::string, double> run_eval(const std::string& weights, const Config& config) {
   set_intra_op_threads(config.train.threads);
+  use_caching_cpu_allocator(cpu_cache_limit_bytes(config.train.cpu_cache_mb));
   std::printf("threads: %s\n", thread_settings().c_str());
   InferenceModel loaded = load_for_inference(weights, config);
 

@@ -13,6 +13,7 @@
 #include <torch/nn/utils/clip_grad.h>
 
 #include "imp/core/autocast.h"
+#include "imp/core/cpu_cache.h"
 #include "imp/core/error.h"
 #include "imp/core/random.h"
 #include "imp/core/threads.h"
@@ -126,6 +127,7 @@ std::vector<double> task_weights(const std::vector<std::unique_ptr<Task>>& tasks
 
 Trainer::Trainer(Config config) : config_(std::move(config)), device_(default_device()) {
   set_intra_op_threads(config_.train.threads);
+  use_caching_cpu_allocator(cpu_cache_limit_bytes(config_.train.cpu_cache_mb));
 
   // Stage 1: data and tokenizer.
   std::vector<std::shared_ptr<const Dataset>> in_order;
