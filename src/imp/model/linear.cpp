@@ -101,11 +101,11 @@ torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
     return MatmulBiasFunction::apply(rows, layer->weight.t(), layer->bias).view(sizes);
   }
 #endif
-  // ATen's linear, not the module's forward: for inputs of three or more
-  // dimensions the C++ frontend computes matmul and then adds the float32
-  // bias in place, which under autocast runs the addition in float32 on a
-  // converted copy of the bfloat16 output and converts it back. ATen's
-  // linear casts the bias with the other operands and fuses it.
+  // ATen's linear, not the module's forward. For inputs of three or more
+  // dimensions the C++ frontend runs a matmul and then adds the float32 bias
+  // in place. Under autocast that addition converts the bfloat16 output to
+  // float32 and back. ATen's linear casts the bias with the other operands
+  // and fuses it into the matmul.
   return at::linear(x, layer->weight, layer->bias);
 }
 

@@ -39,7 +39,7 @@ using torch::autograd::variable_list;
 //   descriptors with no copy. Used for float32.
 // - packed: copied once into [3, B, H, N, K], each head a contiguous matrix.
 //   Used for bfloat16. For strided heads oneDNN 2.6 falls back to a
-//   GEMM-based kernel whose output scaling is a scalar loop; on a CPU with
+//   GEMM-based kernel whose output scaling is a scalar loop. On a CPU with
 //   AMX that made the scaled bfloat16 products of IMP-Ti 5 to 13 times
 //   slower than the brgemm kernels it picks for contiguous heads. In float32
 //   both kernels ran at the same speed, and the copies made a step 4-11%

@@ -4,10 +4,12 @@
 // LibTorch 1.x computes attention with bmm, which needs each head's queries,
 // keys and values as contiguous matrices. That costs three copies out of the
 // projection's [B, N, 3D] output and a transposing copy of the result, and
-// its float GEMMs run one small matrix at a time. oneDNN reads the heads in
-// place through strided memory descriptors and runs all B x H products of one
-// kind in one call. It writes the result and the gradients straight into the
-// layouts that the surrounding linear layers use.
+// its float GEMMs run one small matrix at a time. oneDNN runs all B x H
+// products of one kind in one call. In float32 it reads the heads in place
+// through strided memory descriptors and writes the result and the gradients
+// straight into the layouts that the surrounding linear layers use. In
+// bfloat16 the heads are copied once into contiguous matrices, for which
+// oneDNN has much faster kernels (see onednn_attention.cpp).
 //
 // Dimension letters: B batch, N tokens, D d_model, H heads, K head width.
 #pragma once
