@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -27,9 +28,17 @@ size_t size_class(size_t bytes) {
   return (bytes + step - 1) / step * step;
 }
 
+// c10::Allocator's interface differs between LibTorch versions: 1.x
+// declares allocate() const and has no copy_data(), while later 2.x releases
+// declare allocate() non-const and copy_data() pure virtual. The class
+// declares both forms of allocate() and a copy_data() without `override`, so
+// whichever the base declares is overridden and the others are plain
+// members. NOTE: built and tested against LibTorch 1.13 only.
 class CachingCpuAllocator final : public c10::Allocator {
  public:
-  c10::DataPtr allocate(size_t bytes) const override {
+  c10::DataPtr allocate(size_t bytes) { return static_cast<const CachingCpuAllocator*>(this)->allocate(bytes); }
+
+  c10::DataPtr allocate(size_t bytes) const {
     const c10::Device device(c10::DeviceType::CPU);
     if (bytes < kMinCachedBytes) {
       void* data = c10::alloc_cpu(bytes);
@@ -43,6 +52,10 @@ class CachingCpuAllocator final : public c10::Allocator {
   // raw_allocate hands out blocks of either size. release finds cached ones
   // in sizes_ and frees the others directly.
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+  void copy_data(void* destination, const void* source, std::size_t count) const {
+    std::memcpy(destination, source, count);
+  }
 
   void set_limit(size_t limit_bytes) {
     std::lock_guard<std::mutex> lock(mutex_);

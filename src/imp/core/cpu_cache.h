@@ -10,8 +10,8 @@
 // The caching allocator keeps freed blocks of 64 KiB and more in size
 // classes (sixteen per power of two) and hands them out again, the CPU
 // counterpart of the CUDA caching allocator. Blocks of a signature seen
-// before are reused; a new signature allocates what it needs once. The
-// freed memory it keeps is capped; past the cap the largest kept blocks go
+// before are reused, and a new signature allocates what it needs once. The
+// freed memory it keeps is capped. Past the cap, the largest kept blocks go
 // back to the system first.
 #pragma once
 
