@@ -206,7 +206,7 @@ void print_operator_profile(const std::function<void()>& run, int rows) {
 // One imp run in this process: prints one JSON line.
 int run_imp(const std::string& dtype, const Options& options) {
   imp::set_intra_op_threads(0);
-  // As `imp train` with the default train.cpu_cache_mb.
+  // As `imp train` does, with --cpu-cache-mb for train.cpu_cache_mb.
   imp::use_caching_cpu_allocator(imp::cpu_cache_limit_bytes(options.cpu_cache_mb));
   torch::manual_seed(0);
   const imp::ModelConfig config = ti_config(options.moe);

@@ -41,7 +41,7 @@ void set_gradients(std::vector<torch::Tensor>& a, std::vector<torch::Tensor>& b,
 
 const AdamWParamState& state_of(torch::optim::Optimizer& optimizer, const torch::Tensor& parameter) {
   return static_cast<const AdamWParamState&>(
-      *optimizer.state().at(c10::guts::to_string(parameter.unsafeGetTensorImpl())));
+      *optimizer.state().at(optimizer_state_key(parameter)));
 }
 
 double max_relative_difference(const torch::Tensor& a, const torch::Tensor& b) {
@@ -84,7 +84,7 @@ TEST(FusedAdamW, ParameterWithoutGradientStaysPut) {
   used.mutable_grad() = torch::ones({10});
   optimizer.step();
   EXPECT_TRUE(torch::equal(unused.detach(), before));
-  EXPECT_EQ(optimizer.state().count(c10::guts::to_string(unused.unsafeGetTensorImpl())), 0u);
+  EXPECT_EQ(optimizer.state().count(optimizer_state_key(unused)), 0u);
   EXPECT_FALSE(torch::equal(used.detach(), before));
 }
 

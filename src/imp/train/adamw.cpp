@@ -40,9 +40,9 @@ inline void update_one(const Update& u, float* p, const float* g, float* m, floa
   *p = *p * u.decay - u.step_size * (mean / denom);
 }
 
-// Elements [begin, end): four lanes at a time with SSE2 (every x86-64 CPU
-// has it; the pass is bound by memory, not arithmetic), then one at a time.
-// The lanes round every operation as update_one does.
+// Updates elements [begin, end): four lanes at a time with SSE2, which every
+// x86-64 CPU has, then one at a time. Wider lanes were not tried, because the
+// pass is bound by memory. The lanes round every operation as update_one does.
 void update_range(const Update& u, float* __restrict p, const float* __restrict g, float* __restrict m,
                   float* __restrict v, int64_t begin, int64_t end) {
   int64_t i = begin;
@@ -77,7 +77,7 @@ bool fusable(const torch::Tensor& parameter, const AdamWOptions& options) {
 // step, with moments that are contiguous float tensors.
 AdamWParamState& state_of(torch::optim::Optimizer& optimizer, const torch::Tensor& parameter) {
   auto& states = optimizer.state();
-  const std::string key = c10::guts::to_string(parameter.unsafeGetTensorImpl());
+  const std::string key = optimizer_state_key(parameter);
   auto found = states.find(key);
   if (found == states.end()) {
     auto fresh = std::make_unique<AdamWParamState>();
@@ -93,6 +93,10 @@ AdamWParamState& state_of(torch::optim::Optimizer& optimizer, const torch::Tenso
 }
 
 }  // namespace
+
+std::string optimizer_state_key(const torch::Tensor& parameter) {
+  return c10::guts::to_string(parameter.unsafeGetTensorImpl());
+}
 
 torch::Tensor FusedAdamW::step(LossClosure closure) {
   for (const auto& group : param_groups()) {

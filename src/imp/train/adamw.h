@@ -16,9 +16,13 @@
 
 #include <torch/optim/adamw.h>
 
+#include <string>
 #include <vector>
 
 namespace imp {
+
+// Returns the key under which torch::optim optimizers keep `parameter`'s state.
+std::string optimizer_state_key(const torch::Tensor& parameter);
 
 class FusedAdamW : public torch::optim::AdamW {
  public:

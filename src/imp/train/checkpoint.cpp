@@ -10,9 +10,9 @@
 #include <set>
 
 #include <ATen/Context.h>
-#include <c10/util/StringUtil.h>
 
 #include "imp/core/error.h"
+#include "imp/train/adamw.h"
 
 namespace imp {
 namespace {
@@ -23,11 +23,6 @@ constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kStateFile = "training_state.safetensors";
 constexpr const char* kStateKey = "training_state";
 constexpr const char* kStepPrefix = "step-";
-
-// The key torch::optim keeps a parameter's state under.
-std::string state_key(const at::Tensor& parameter) {
-  return c10::guts::to_string(parameter.unsafeGetTensorImpl());
-}
 
 std::string folder_name(int64_t step) {
   char name[32];
@@ -209,7 +204,7 @@ std::string save_checkpoint(const std::string& workdir, ImpModel& model,
   NamedTensors training;
   const auto& optimizer_state = optimizer.state();
   for (const auto& [name, parameter] : model->named_parameters().pairs()) {
-    auto it = optimizer_state.find(state_key(parameter));
+    auto it = optimizer_state.find(optimizer_state_key(parameter));
     if (it == optimizer_state.end()) continue;
     const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*it->second);
     training.emplace_back("optimizer/" + name + "/exp_avg", adam.exp_avg());
@@ -334,7 +329,7 @@ TrainingState load_checkpoint(const std::string& checkpoint, ImpModel& model,
   copy_weights(values, expected);
   auto& optimizer_state = optimizer.state();
   optimizer_state.clear();
-  for (auto& [name, slot] : moments) optimizer_state[state_key(parameters.at(name))] = std::move(slot);
+  for (auto& [name, slot] : moments) optimizer_state[optimizer_state_key(parameters.at(name))] = std::move(slot);
   return state;
 }
 

@@ -78,13 +78,17 @@ void print_signatures(const std::vector<SignatureCost>& signatures) {
                 extra_ms / measured);
   }
   std::printf("\n");
+}
+
+// One line on how much of the run's large CPU memory the caching allocator
+// served from freed blocks.
+void print_cpu_cache() {
   const CpuCacheStats cache = cpu_cache_stats();
-  if (cache.installed && cache.reused + cache.allocated > 0) {
-    std::printf("cpu cache: %lld of %lld large allocations reused freed memory; at most %.0f MiB kept "
-                "(limit %.0f MiB, train.cpu_cache_mb)\n",
-                static_cast<long long>(cache.reused), static_cast<long long>(cache.reused + cache.allocated),
-                cache.peak_kept_bytes / 1048576.0, cache.limit_bytes / 1048576.0);
-  }
+  if (!cache.installed || cache.reused + cache.allocated == 0) return;
+  std::printf("cpu cache: %lld of %lld large allocations reused freed memory; at most %.0f MiB kept "
+              "(limit %.0f MiB, train.cpu_cache_mb)\n",
+              static_cast<long long>(cache.reused), static_cast<long long>(cache.reused + cache.allocated),
+              cache.peak_kept_bytes / 1048576.0, cache.limit_bytes / 1048576.0);
 }
 
 void write_signatures(const fs::path& path, const std::vector<SignatureCost>& signatures) {
@@ -223,6 +227,7 @@ std::map<std::string, double> run_train(const Config& config, const TrainOptions
     return {};
   }
   print_signatures(summary.signatures);
+  print_cpu_cache();
   write_signatures(workdir / "signatures.json", summary.signatures);
   for (const auto& [name, data] : trainer.datasets()) {
     if (data->failures() != nullptr && data->failures()->failures() > 0) {

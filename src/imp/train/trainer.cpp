@@ -356,7 +356,7 @@ namespace {
 
 // AdamW's state of `parameter`, or null when it has none yet.
 torch::optim::AdamWParamState* adam_state(torch::optim::AdamW& optimizer, const torch::Tensor& parameter) {
-  auto it = optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
+  auto it = optimizer.state().find(optimizer_state_key(parameter));
   return it == optimizer.state().end() ? nullptr
                                        : static_cast<torch::optim::AdamWParamState*>(it->second.get());
 }
@@ -451,7 +451,7 @@ void Trainer::unshard_experts() {
       fresh->exp_avg(torch::zeros_like(parameters[i]));
       fresh->exp_avg_sq(torch::zeros_like(parameters[i]));
       state = fresh.get();
-      optimizer_->state()[c10::guts::to_string(parameters[i].unsafeGetTensorImpl())] = std::move(fresh);
+      optimizer_->state()[optimizer_state_key(parameters[i])] = std::move(fresh);
     }
     // Every holder took the same steps, so the sum over holders divided by
     // their number is that step.
