@@ -219,7 +219,9 @@ int run_imp(const std::string& dtype, const Options& options) {
   const bool bf16 = dtype == "bf16";
 
   const auto step = [&] {
-    optimizer.zero_grad();
+    // Gradients are released, not zeroed, as the trainer and the reference
+    // do: the next backward pass then writes them without adding.
+    for (torch::Tensor& parameter : model->parameters()) parameter.mutable_grad().reset();
     torch::Tensor loss;
     {
       imp::AutocastScope autocast(c10::DeviceType::CPU, bf16);
