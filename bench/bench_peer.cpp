@@ -254,6 +254,7 @@ int run_imp(const std::string& dtype, const Options& options) {
                         {"matmul_gflops", matmul_gflops(dtype)},
                         {"peak_rss_mib", peak_rss_mib()},
                         {"cpu_cache_peak_mib", imp::cpu_cache_stats().peak_kept_bytes / 1048576.0},
+                        {"peak_tensor_mib", imp::cpu_cache_stats().peak_in_use_bytes / 1048576.0},
                         {"last_loss", loss},
                         {"threads", imp::thread_settings()}};
   std::printf("%s\n", out.dump().c_str());
@@ -356,11 +357,12 @@ int main(int argc, char** argv) {
       const nlohmann::json ours = run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" +
                                            std::string(exe) + "' --child " + dtype + common);
       std::printf("bench_peer: imp %s: %.3f steps/s, %.0f tokens/s, %.1f model GFLOP/s = %.0f%% of "
-                  "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB (CPU cache at most %.0f MiB) [%s]\n",
+                  "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB, peak tensor memory %.0f MiB (CPU cache "
+                  "at most %.0f MiB) [%s]\n",
                   dtype.c_str(), number(ours, "steps_per_s"), number(ours, "tokens_per_s"),
                   number(ours, "achieved_gflops"),
                   100.0 * number(ours, "achieved_gflops") / std::max(1e-9, number(ours, "matmul_gflops")),
-                  number(ours, "matmul_gflops"), number(ours, "peak_rss_mib"),
+                  number(ours, "matmul_gflops"), number(ours, "peak_rss_mib"), number(ours, "peak_tensor_mib"),
                   number(ours, "cpu_cache_peak_mib"), ours.is_object() ? ours.value("threads", "").c_str() : "run failed");
       if (!options.run_peer) continue;
       const std::string python = "/usr/bin/python3 '" + options.peer + "' " + peer_flags + " --dtype " + dtype;

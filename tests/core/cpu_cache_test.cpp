@@ -41,6 +41,25 @@ TEST_F(CpuCache, ReusesFreedBlockOfSameSize) {
   EXPECT_EQ(cpu_cache_stats().kept_bytes, 0u);
 }
 
+TEST_F(CpuCache, CountsLargeTensorsInUse) {
+  const size_t before = cpu_cache_stats().in_use_bytes;
+  at::Tensor first = tensor_of(kMiB);
+  at::Tensor second = tensor_of(2 * kMiB);
+  const at::Tensor small = tensor_of(4096);  // under 64 KiB: not counted
+  EXPECT_EQ(cpu_cache_stats().in_use_bytes, before + 3 * kMiB);
+  EXPECT_GE(cpu_cache_stats().peak_in_use_bytes, before + 3 * kMiB);
+
+  second.reset();
+  EXPECT_EQ(cpu_cache_stats().in_use_bytes, before + kMiB);
+  reset_cpu_cache_peak();
+  EXPECT_EQ(cpu_cache_stats().peak_in_use_bytes, before + kMiB);
+
+  // A reused block counts at its size class, here the 2 MiB block.
+  const at::Tensor reused = tensor_of(kMiB + kMiB / 2);
+  EXPECT_EQ(cpu_cache_stats().in_use_bytes, before + 3 * kMiB);
+  EXPECT_EQ(cpu_cache_stats().peak_in_use_bytes, before + 3 * kMiB);
+}
+
 TEST_F(CpuCache, ReusedBlockIsZeroedByZeros) {
   at::Tensor sevens = at::full({kMiB / 4}, 7.0f);
   const void* data = sevens.data_ptr();

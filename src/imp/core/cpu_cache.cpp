@@ -71,6 +71,11 @@ class CachingCpuAllocator final : public c10::Allocator {
     stats_.limit_bytes = limit;
   }
 
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.peak_in_use_bytes = stats_.in_use_bytes;
+  }
+
   CpuCacheStats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return stats_;
@@ -93,12 +98,14 @@ class CachingCpuAllocator final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       auto bin = free_.lower_bound(size);
       if (bin != free_.end() && bin->first <= 2 * size) {
+        const size_t bin_size = bin->first;
         void* data = bin->second.back();
-        sizes_[data] = bin->first;
-        stats_.kept_bytes -= bin->first;
+        sizes_[data] = bin_size;
+        stats_.kept_bytes -= bin_size;
         bin->second.pop_back();
         if (bin->second.empty()) free_.erase(bin);
         ++stats_.reused;
+        count_in_use(bin_size);
         return data;
       }
       ++stats_.allocated;
@@ -106,7 +113,15 @@ class CachingCpuAllocator final : public c10::Allocator {
     void* data = c10::alloc_cpu(size);
     std::lock_guard<std::mutex> lock(mutex_);
     sizes_[data] = size;
+    count_in_use(size);
     return data;
+  }
+
+  // Adds a block of `size` bytes to the memory in use. Called with mutex_
+  // held.
+  void count_in_use(size_t size) const {
+    stats_.in_use_bytes += size;
+    stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
   }
 
   static void release(void* data) {
@@ -122,6 +137,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     }
     const size_t size = found->second;
     self.sizes_.erase(found);
+    self.stats_.in_use_bytes -= size;
     if (size > self.stats_.limit_bytes) {
       lock.unlock();
       c10::free_cpu(data);
@@ -174,5 +190,7 @@ CpuCacheStats cpu_cache_stats() {
 }
 
 void release_cpu_cache() { CachingCpuAllocator::instance().release_all(); }
+
+void reset_cpu_cache_peak() { CachingCpuAllocator::instance().reset_peak(); }
 
 }  // namespace imp

@@ -36,6 +36,11 @@ struct CpuCacheStats {
   int64_t allocated = 0;     // allocations that took new memory
   size_t kept_bytes = 0;     // freed memory kept now
   size_t peak_kept_bytes = 0;
+  // Memory in tensors of 64 KiB and more (counted by size class): now, and
+  // the most at any moment. The peak is the CPU counterpart of a GPU's peak
+  // allocated memory: it leaves out the process's code and small tensors.
+  size_t in_use_bytes = 0;
+  size_t peak_in_use_bytes = 0;
   size_t limit_bytes = 0;
   bool installed = false;
 };
@@ -43,5 +48,8 @@ CpuCacheStats cpu_cache_stats();
 
 // Returns all kept blocks to the system.
 void release_cpu_cache();
+
+// Restarts peak_in_use_bytes from the memory in use now.
+void reset_cpu_cache_peak();
 
 }  // namespace imp

@@ -86,9 +86,10 @@ void print_cpu_cache() {
   const CpuCacheStats cache = cpu_cache_stats();
   if (!cache.installed || cache.reused + cache.allocated == 0) return;
   std::printf("cpu cache: %lld of %lld large allocations reused freed memory; at most %.0f MiB kept "
-              "(limit %.0f MiB, train.cpu_cache_mb)\n",
+              "(limit %.0f MiB, train.cpu_cache_mb); at most %.0f MiB in large tensors\n",
               static_cast<long long>(cache.reused), static_cast<long long>(cache.reused + cache.allocated),
-              cache.peak_kept_bytes / 1048576.0, cache.limit_bytes / 1048576.0);
+              cache.peak_kept_bytes / 1048576.0, cache.limit_bytes / 1048576.0,
+              cache.peak_in_use_bytes / 1048576.0);
 }
 
 void write_signatures(const fs::path& path, const std::vector<SignatureCost>& signatures) {
