@@ -219,8 +219,8 @@ int run_imp(const std::string& dtype, const Options& options) {
   const bool bf16 = dtype == "bf16";
 
   const auto step = [&] {
-    // Gradients are released, not zeroed, as the trainer and the reference
-    // do: the next backward pass then writes them without adding.
+    // Gradients are released, not zeroed, as in the trainer and the
+    // reference. The next backward pass then writes them without adding.
     for (torch::Tensor& parameter : model->parameters()) parameter.mutable_grad().reset();
     torch::Tensor loss;
     {
@@ -247,14 +247,15 @@ int run_imp(const std::string& dtype, const Options& options) {
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const double steps_per_s = options.steps / seconds;
   const double tokens = kBatch * ((kImage / kPatch) * (kImage / kPatch) + kTextLen);
+  const imp::CpuCacheStats cache = imp::cpu_cache_stats();
   nlohmann::json out = {{"dtype", dtype},
                         {"steps_per_s", steps_per_s},
                         {"tokens_per_s", steps_per_s * tokens},
                         {"achieved_gflops", steps_per_s * step_flops(options.moe) / 1e9},
                         {"matmul_gflops", matmul_gflops(dtype)},
                         {"peak_rss_mib", peak_rss_mib()},
-                        {"cpu_cache_peak_mib", imp::cpu_cache_stats().peak_kept_bytes / 1048576.0},
-                        {"peak_tensor_mib", imp::cpu_cache_stats().peak_in_use_bytes / 1048576.0},
+                        {"cpu_cache_peak_mib", cache.peak_kept_bytes / 1048576.0},
+                        {"peak_tensor_mib", cache.peak_in_use_bytes / 1048576.0},
                         {"last_loss", loss},
                         {"threads", imp::thread_settings()}};
   std::printf("%s\n", out.dump().c_str());

@@ -36,9 +36,9 @@ struct CpuCacheStats {
   int64_t allocated = 0;     // allocations that took new memory
   size_t kept_bytes = 0;     // freed memory kept now
   size_t peak_kept_bytes = 0;
-  // Memory in tensors of 64 KiB and more (counted by size class): now, and
-  // the most at any moment. The peak is the CPU counterpart of a GPU's peak
-  // allocated memory: it leaves out the process's code and small tensors.
+  // Memory in use in blocks of 64 KiB and more, counted by size class, and
+  // its peak. The peak is the CPU counterpart of a GPU's peak allocated
+  // memory. Unlike peak RSS, it leaves out code, libraries and small tensors.
   size_t in_use_bytes = 0;
   size_t peak_in_use_bytes = 0;
   size_t limit_bytes = 0;
