@@ -1,3 +1,7 @@
+#include <set>
+#include <string>
+#include <vector>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -225,6 +229,35 @@ TEST(Rematerialize, GradientsEqualPlainPath) {
       }
     }
   }
+}
+
+// Autograd nodes reachable from `root` whose name contains `part`.
+int count_nodes(const torch::Tensor& root, const std::string& part) {
+  std::vector<torch::autograd::Node*> stack{root.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  int count = 0;
+  while (!stack.empty()) {
+    torch::autograd::Node* node = stack.back();
+    stack.pop_back();
+    if (node == nullptr || !seen.insert(node).second) continue;
+    if (node->name().find(part) != std::string::npos) ++count;
+    for (const torch::autograd::Edge& edge : node->next_edges()) stack.push_back(edge.function.get());
+  }
+  return count;
+}
+
+TEST(Rematerialize, RecomputesEveryBlockButTheLast) {
+  // The backward pass starts with the last block, so it keeps its
+  // activations: recomputing it would rebuild them at once.
+  ModelConfig config = small_config(4);
+  torch::manual_seed(0);
+  ImpModel model(config, 50, Heads{});
+  EncodeOptions options;
+  options.rematerialize = true;
+  Encoded recomputed = model->encode("image", torch::randn({2, 1, 1, 28, 28}), {}, options);
+  EXPECT_EQ(count_nodes(recomputed.pooled, "RecomputedBlock"), config.num_layers - 1);
+  Encoded plain = model->encode("image", torch::randn({2, 1, 1, 28, 28}));
+  EXPECT_EQ(count_nodes(plain.pooled, "RecomputedBlock"), 0);
 }
 
 TEST(Rematerialize, NoRecomputationWithoutGradients) {

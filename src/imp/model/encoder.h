@@ -94,9 +94,10 @@ class EncoderImpl : public torch::nn::Module {
 
   // tokens: [B, N, D]; mask: [B, N] bool (true = real token) or undefined.
   // When `stats` is given, each MoE layer's routing is added to it under
-  // `modality`. With `rematerialize`, each block keeps only its input for
-  // the backward pass and runs again there (activation checkpointing): the
-  // same gradients for less memory and about one more forward pass of time.
+  // `modality`. With `rematerialize`, each block but the last keeps only
+  // its input for the backward pass and runs again there (activation
+  // checkpointing): the same gradients for less memory and about one more
+  // forward pass of time.
   EncoderOutput forward(const torch::Tensor& tokens, const torch::Tensor& mask,
                         const std::string& modality, RoutingStats* stats,
                         bool rematerialize = false);
