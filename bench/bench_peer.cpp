@@ -7,7 +7,7 @@
 //
 //   build/bench/bench_peer [--steps N] [--warmup N] [--dtypes fp32,bf16]
 //                          [--peer PATH/imp_ref.py] [--no-peer] [--dense] [--remat]
-//                          [--cpu-cache-mb MB]
+//                          [--cpu-cache-mb MB] [--remat-cost ROUNDS]
 //   build/bench/bench_peer --child fp32|bf16 --profile ROWS [--steps N] ...
 //
 // For each dtype it runs imp in a child process with the thread settings
@@ -20,6 +20,11 @@
 // then the ratios. The last line is `ratio_vs_peer=<x>`: imp's tokens/s over
 // the reference's in its best setting, fp32, MoE. The second form runs imp
 // alone and prints its ROWS most expensive operators.
+//
+// With --remat-cost ROUNDS it measures instead what recomputing the blocks
+// costs: for each dtype, ROUNDS pairs of imp runs without and with it, then
+// as many pairs of the reference (OMP_WAIT_POLICY=PASSIVE, torch.utils
+// checkpoint), each pair's step times and peak memory, and the medians.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,6 +71,7 @@ struct Options {
   bool run_peer = true;
   bool moe = true;
   bool remat = false;  // imp recomputes its blocks in the backward pass
+  int remat_rounds = 0;  // > 0: measure what rematerialisation costs, in this many pairs
   int profile_rows = 0;  // > 0: print imp's slowest operators instead of timing
   int cpu_cache_mb = -1;  // imp's train.cpu_cache_mb: -1 = its default, 0 = no cache
 };
@@ -295,6 +301,51 @@ double number(const nlohmann::json& row, const char* key) {
   return row.is_object() && row.contains(key) && row[key].is_number() ? row[key].get<double>() : 0.0;
 }
 
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  if (n == 0) return 0.0;
+  if (n % 2 == 1) return values[n / 2];
+  return 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+// Measures what rematerialisation costs one side (imp or the reference) in
+// one dtype: `rounds` pairs of runs without and with it, in alternating
+// order so that a drift in the machine's speed favours neither. `run(true)`
+// runs with recomputation. Prints each pair and the medians.
+void remat_pairs(const std::string& label, int rounds, const std::function<nlohmann::json(bool)>& run) {
+  std::vector<double> longer, tensor_cut, rss_cut;
+  for (int round = 0; round < rounds; ++round) {
+    nlohmann::json plain, recomputed;
+    if (round % 2 == 0) {
+      plain = run(false);
+      recomputed = run(true);
+    } else {
+      recomputed = run(true);
+      plain = run(false);
+    }
+    const double step_ratio = number(plain, "steps_per_s") / std::max(1e-9, number(recomputed, "steps_per_s"));
+    longer.push_back(step_ratio - 1.0);
+    rss_cut.push_back(1.0 - number(recomputed, "peak_rss_mib") / std::max(1e-9, number(plain, "peak_rss_mib")));
+    std::printf("bench_peer: %s, pair %d: %.3f -> %.3f steps/s (steps %+.1f%%), peak RSS %.0f -> %.0f MiB",
+                label.c_str(), round + 1, number(plain, "steps_per_s"), number(recomputed, "steps_per_s"),
+                100.0 * (step_ratio - 1.0), number(plain, "peak_rss_mib"), number(recomputed, "peak_rss_mib"));
+    if (plain.contains("peak_tensor_mib")) {
+      tensor_cut.push_back(1.0 - number(recomputed, "peak_tensor_mib") /
+                                     std::max(1e-9, number(plain, "peak_tensor_mib")));
+      std::printf(", peak tensor memory %.0f -> %.0f MiB", number(plain, "peak_tensor_mib"),
+                  number(recomputed, "peak_tensor_mib"));
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  std::printf("bench_peer: %s, median of %d pair%s: steps %+.1f%% longer, peak RSS %.1f%% lower",
+              label.c_str(), rounds, rounds == 1 ? "" : "s", 100.0 * median(longer), 100.0 * median(rss_cut));
+  if (!tensor_cut.empty()) std::printf(", peak tensor memory %.1f%% lower", 100.0 * median(tensor_cut));
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -309,6 +360,7 @@ int main(int argc, char** argv) {
     else if (arg == "--no-peer") options.run_peer = false;
     else if (arg == "--dense") options.moe = false;
     else if (arg == "--remat") options.remat = true;
+    else if (arg == "--remat-cost") options.remat_rounds = std::atoi(value().c_str());
     else if (arg == "--cpu-cache-mb") options.cpu_cache_mb = std::atoi(value().c_str());
     else if (arg == "--child") child_dtype = value();
     else if (arg == "--profile") options.profile_rows = std::atoi(value().c_str());
@@ -346,11 +398,34 @@ int main(int argc, char** argv) {
     std::printf("bench_peer: image_text_nce, IMP-Ti (d_model 192, 12 layers, 3 heads, MLP 768, "
                 "224x224 / 16, text 64), batch 32, %s%s, %d timed steps after %d\n",
                 options.moe ? "MoE 4 experts experts-choose every 2nd layer" : "dense",
-                options.remat ? ", blocks recomputed in the backward pass" : "", options.steps,
+                options.remat_rounds > 0 ? ", with and without recomputing the blocks in the backward pass"
+                : options.remat          ? ", blocks recomputed in the backward pass"
+                                         : "",
+                options.steps,
                 options.warmup);
     std::printf("bench_peer: libtorch %s, commit %s, %u cores, imp attention and float32 linear layers on %s\n",
                 imp::torch_version().c_str(), source_commit().c_str(), std::thread::hardware_concurrency(),
                 imp::onednn_attention_applies(torch::zeros({1, 1, 3})) ? "oneDNN" : "LibTorch's operators");
+
+    if (options.remat_rounds > 0) {
+      const std::string plain_flags = " --steps " + std::to_string(options.steps) + " --warmup " +
+                                      std::to_string(options.warmup) + (options.moe ? "" : " --dense") +
+                                      " --cpu-cache-mb " + std::to_string(options.cpu_cache_mb);
+      const std::string peer_plain_flags = peer_flags.substr(0, peer_flags.rfind(" --checkpoint"));
+      for (const std::string& dtype : options.dtypes) {
+        remat_pairs("imp " + dtype, options.remat_rounds, [&](bool remat) {
+          return run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" +
+                          std::string(exe) + "' --child " + dtype + plain_flags + (remat ? " --remat" : ""));
+        });
+        if (!options.run_peer) continue;
+        remat_pairs("reference " + dtype + " (OMP_WAIT_POLICY=PASSIVE)", options.remat_rounds, [&](bool remat) {
+          return run_json("env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT OMP_WAIT_POLICY=PASSIVE "
+                          "/usr/bin/python3 '" + options.peer + "' " + peer_plain_flags + " --dtype " + dtype +
+                          (remat ? " --checkpoint" : ""));
+        });
+      }
+      return 0;
+    }
 
     double fp32_ratio = 0;
     for (const std::string& dtype : options.dtypes) {
