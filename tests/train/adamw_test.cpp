@@ -11,8 +11,10 @@ namespace {
 using torch::optim::AdamWOptions;
 using torch::optim::AdamWParamState;
 
-// Sizes below, at and above one SSE2 group and one parallel chunk (16K).
-const std::vector<int64_t> kSizes = {1, 3, 4, 7, 1000, 16384 + 5, 40000};
+// Sizes below, at and above one SSE2 group, and spanning several of the
+// optimizer's 256K-element slices. Together they pass the 1M elements from
+// which the update runs on several threads.
+const std::vector<int64_t> kSizes = {1, 3, 4, 7, 1000, 40000, (1 << 18) + 5, 3 * (1 << 18) + 1000};
 
 std::vector<torch::Tensor> make_parameters() {
   std::vector<torch::Tensor> parameters;
@@ -73,6 +75,24 @@ TEST(FusedAdamW, MatchesLibTorchAdamW) {
       EXPECT_LT(max_relative_difference(a.exp_avg_sq(), b.exp_avg_sq()), 1e-6);
     }
   }
+}
+
+TEST(FusedAdamW, SameValuesOnOneThreadAndOnTwo) {
+  torch::manual_seed(4);
+  std::vector<torch::Tensor> one = make_parameters();
+  std::vector<torch::Tensor> two = copy_of(one);
+  const AdamWOptions options = AdamWOptions(1e-2).weight_decay(0.05);
+  FusedAdamW on_one(one, options), on_two(two, options);
+  const int threads = at::get_num_threads();
+  for (int step = 0; step < 3; ++step) {
+    set_gradients(one, two, kSizes.size());
+    at::set_num_threads(1);
+    on_one.step();
+    at::set_num_threads(2);
+    on_two.step();
+  }
+  at::set_num_threads(threads);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << "size " << kSizes[i];
 }
 
 TEST(FusedAdamW, ParameterWithoutGradientStaysPut) {

@@ -4,9 +4,13 @@
 #include <c10/util/string_utils.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -66,6 +70,43 @@ void update_range(const Update& u, float* __restrict p, const float* __restrict 
   for (; i < end; ++i) update_one(u, p + i, g + i, m + i, v + i);
 }
 
+// A run of one parameter's elements to update. `grad` keeps a contiguous
+// copy of the gradient alive where the gradient itself was not contiguous.
+struct Slice {
+  Update u;
+  torch::Tensor grad;
+  float* p;
+  const float* g;
+  float* m;
+  float* v;
+  int64_t begin, end;
+};
+
+// Elements per slice: 1 MiB of each array.
+constexpr int64_t kChunk = 1 << 18;
+// Below this many elements in all, one thread updates everything: starting
+// threads would cost more than they save.
+constexpr int64_t kParallelElements = 1 << 20;
+
+// Updates every slice, on as many threads as LibTorch's intra-op setting
+// (this thread and the rest started here), each taking the next slice from a
+// shared counter. at::parallel_for would not do: its OpenMP loop is compiled
+// into the caller, and imp is built without OpenMP, so it ran on one thread.
+void update_slices(const std::vector<Slice>& slices, int64_t elements) {
+  std::atomic<size_t> next{0};
+  auto work = [&]() {
+    for (size_t i = next++; i < slices.size(); i = next++) {
+      const Slice& s = slices[i];
+      update_range(s.u, s.p, s.g, s.m, s.v, s.begin, s.end);
+    }
+  };
+  const int threads = elements < kParallelElements ? 1 : std::max(1, at::get_num_threads());
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads && static_cast<size_t>(t) < slices.size(); ++t) helpers.emplace_back(work);
+  work();
+  for (std::thread& helper : helpers) helper.join();
+}
+
 bool fusable(const torch::Tensor& parameter, const AdamWOptions& options) {
   const torch::Tensor& grad = parameter.grad();
   return !options.amsgrad() && parameter.device().is_cpu() && parameter.scalar_type() == at::kFloat &&
@@ -111,6 +152,8 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
     loss = closure();
   }
   torch::NoGradGuard no_grad;
+  std::vector<Slice> slices;
+  int64_t elements = 0;
   for (auto& group : param_groups()) {
     const auto& options = static_cast<const AdamWOptions&>(group.options());
     const double beta1 = std::get<0>(options.betas()), beta2 = std::get<1>(options.betas());
@@ -129,16 +172,22 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       u.correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, t)));
       u.eps = static_cast<float>(options.eps());
 
-      const torch::Tensor grad = parameter.grad().contiguous();
-      float* p = parameter.data_ptr<float>();
-      const float* g = grad.data_ptr<float>();
-      float* m = state.exp_avg().data_ptr<float>();
-      float* v = state.exp_avg_sq().data_ptr<float>();
-      // Chunks of 16K elements: small tensors stay on one thread.
-      at::parallel_for(0, parameter.numel(), 1 << 14,
-                       [&](int64_t begin, int64_t end) { update_range(u, p, g, m, v, begin, end); });
+      Slice slice;
+      slice.u = u;
+      slice.grad = parameter.grad().contiguous();
+      slice.p = parameter.data_ptr<float>();
+      slice.g = slice.grad.data_ptr<float>();
+      slice.m = state.exp_avg().data_ptr<float>();
+      slice.v = state.exp_avg_sq().data_ptr<float>();
+      for (int64_t begin = 0; begin < parameter.numel(); begin += kChunk) {
+        slice.begin = begin;
+        slice.end = std::min<int64_t>(parameter.numel(), begin + kChunk);
+        slices.push_back(slice);
+        elements += slice.end - slice.begin;
+      }
     }
   }
+  update_slices(slices, elements);
   return loss;
 }
 
