@@ -384,44 +384,45 @@ int main(int argc, char** argv) {
     const ssize_t length = readlink(self.c_str(), exe, sizeof exe - 1);
     if (length <= 0) throw std::runtime_error("cannot find this executable");
     exe[length] = '\0';
-    const std::string common = " --steps " + std::to_string(options.steps) + " --warmup " +
-                               std::to_string(options.warmup) + (options.moe ? "" : " --dense") +
-                               (options.remat ? " --remat" : "") + " --cpu-cache-mb " +
-                               std::to_string(options.cpu_cache_mb);
-    const std::string peer_flags =
+    // Flags shared by plain and recomputing runs, then the full sets.
+    const std::string imp_base_flags = " --steps " + std::to_string(options.steps) + " --warmup " +
+                                       std::to_string(options.warmup) + (options.moe ? "" : " --dense") +
+                                       " --cpu-cache-mb " + std::to_string(options.cpu_cache_mb);
+    const std::string peer_base_flags =
         "--d-model 192 --layers 12 --heads 3 --mlp-dim 768 --image-size 224 --patch 16 --threads 2 "
         "--batch 32 --tasks image_text_nce --steps " + std::to_string(options.steps) + " --warmup " +
         std::to_string(options.warmup) +
-        (options.moe ? " --experts 4 --routing experts_choose --moe-every 2" : "") +
-        (options.remat ? " --checkpoint" : "");
+        (options.moe ? " --experts 4 --routing experts_choose --moe-every 2" : "");
+    const std::string common = imp_base_flags + (options.remat ? " --remat" : "");
+    const std::string peer_flags = peer_base_flags + (options.remat ? " --checkpoint" : "");
+    // imp's child picks its own thread settings, as `imp train` does.
+    const std::string imp_child =
+        "env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" + std::string(exe) + "' --child ";
+    const std::string passive_environment = "env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT OMP_WAIT_POLICY=PASSIVE ";
 
+    std::string recompute_note;
+    if (options.remat_rounds > 0) {
+      recompute_note = ", with and without recomputing the blocks in the backward pass";
+    } else if (options.remat) {
+      recompute_note = ", blocks recomputed in the backward pass";
+    }
     std::printf("bench_peer: image_text_nce, IMP-Ti (d_model 192, 12 layers, 3 heads, MLP 768, "
                 "224x224 / 16, text 64), batch 32, %s%s, %d timed steps after %d\n",
-                options.moe ? "MoE 4 experts experts-choose every 2nd layer" : "dense",
-                options.remat_rounds > 0 ? ", with and without recomputing the blocks in the backward pass"
-                : options.remat          ? ", blocks recomputed in the backward pass"
-                                         : "",
-                options.steps,
-                options.warmup);
+                options.moe ? "MoE 4 experts experts-choose every 2nd layer" : "dense", recompute_note.c_str(),
+                options.steps, options.warmup);
     std::printf("bench_peer: libtorch %s, commit %s, %u cores, imp attention and float32 linear layers on %s\n",
                 imp::torch_version().c_str(), source_commit().c_str(), std::thread::hardware_concurrency(),
                 imp::onednn_attention_applies(torch::zeros({1, 1, 3})) ? "oneDNN" : "LibTorch's operators");
 
     if (options.remat_rounds > 0) {
-      const std::string plain_flags = " --steps " + std::to_string(options.steps) + " --warmup " +
-                                      std::to_string(options.warmup) + (options.moe ? "" : " --dense") +
-                                      " --cpu-cache-mb " + std::to_string(options.cpu_cache_mb);
-      const std::string peer_plain_flags = peer_flags.substr(0, peer_flags.rfind(" --checkpoint"));
       for (const std::string& dtype : options.dtypes) {
         remat_pairs("imp " + dtype, options.remat_rounds, [&](bool remat) {
-          return run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" +
-                          std::string(exe) + "' --child " + dtype + plain_flags + (remat ? " --remat" : ""));
+          return run_json(imp_child + dtype + imp_base_flags + (remat ? " --remat" : ""));
         });
         if (!options.run_peer) continue;
         remat_pairs("reference " + dtype + " (OMP_WAIT_POLICY=PASSIVE)", options.remat_rounds, [&](bool remat) {
-          return run_json("env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT OMP_WAIT_POLICY=PASSIVE "
-                          "/usr/bin/python3 '" + options.peer + "' " + peer_plain_flags + " --dtype " + dtype +
-                          (remat ? " --checkpoint" : ""));
+          return run_json(passive_environment + "/usr/bin/python3 '" + options.peer + "' " + peer_base_flags +
+                          " --dtype " + dtype + (remat ? " --checkpoint" : ""));
         });
       }
       return 0;
@@ -429,9 +430,7 @@ int main(int argc, char** argv) {
 
     double fp32_ratio = 0;
     for (const std::string& dtype : options.dtypes) {
-      // The child picks its own thread settings, as `imp train` does.
-      const nlohmann::json ours = run_json("env -u OMP_WAIT_POLICY -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT '" +
-                                           std::string(exe) + "' --child " + dtype + common);
+      const nlohmann::json ours = run_json(imp_child + dtype + common);
       std::printf("bench_peer: imp %s: %.3f steps/s, %.0f tokens/s, %.1f model GFLOP/s = %.0f%% of "
                   "the %.1f GFLOP/s matmul rate, peak RSS %.0f MiB, peak tensor memory %.0f MiB (CPU cache "
                   "at most %.0f MiB) [%s]\n",
@@ -442,7 +441,7 @@ int main(int argc, char** argv) {
                   number(ours, "cpu_cache_peak_mib"), ours.is_object() ? ours.value("threads", "").c_str() : "run failed");
       if (!options.run_peer) continue;
       const std::string python = "/usr/bin/python3 '" + options.peer + "' " + peer_flags + " --dtype " + dtype;
-      nlohmann::json best = run_json("env -u OPENBLAS_NUM_THREADS -u OPENBLAS_THREAD_TIMEOUT OMP_WAIT_POLICY=PASSIVE " + python);
+      nlohmann::json best = run_json(passive_environment + python);
       std::printf("bench_peer: reference %s, OMP_WAIT_POLICY=PASSIVE: %.3f steps/s, %.0f tokens/s, "
                   "%.1f GFLOP/s; imp / reference = %.2fx\n",
                   dtype.c_str(), number(best, "steps_per_s"), number(best, "tokens_per_s"),

@@ -77,22 +77,25 @@ TEST(FusedAdamW, MatchesLibTorchAdamW) {
   }
 }
 
-TEST(FusedAdamW, SameValuesOnOneThreadAndOnTwo) {
+TEST(FusedAdamW, ThreadCountKeepsValues) {
   torch::manual_seed(4);
-  std::vector<torch::Tensor> one = make_parameters();
-  std::vector<torch::Tensor> two = copy_of(one);
+  std::vector<torch::Tensor> serial = make_parameters();
+  std::vector<torch::Tensor> parallel = copy_of(serial);
   const AdamWOptions options = AdamWOptions(1e-2).weight_decay(0.05);
-  FusedAdamW on_one(one, options), on_two(two, options);
+  FusedAdamW serial_optimizer(serial, options);
+  FusedAdamW parallel_optimizer(parallel, options);
   const int threads = at::get_num_threads();
   for (int step = 0; step < 3; ++step) {
-    set_gradients(one, two, kSizes.size());
+    set_gradients(serial, parallel, kSizes.size());
     at::set_num_threads(1);
-    on_one.step();
+    serial_optimizer.step();
     at::set_num_threads(2);
-    on_two.step();
+    parallel_optimizer.step();
   }
   at::set_num_threads(threads);
-  for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(torch::equal(one[i], two[i])) << "size " << kSizes[i];
+  for (size_t i = 0; i < serial.size(); ++i) {
+    EXPECT_TRUE(torch::equal(serial[i], parallel[i])) << "size " << kSizes[i];
+  }
 }
 
 TEST(FusedAdamW, ParameterWithoutGradientStaysPut) {

@@ -185,9 +185,8 @@ EncoderOutput EncoderImpl::forward(const torch::Tensor& tokens, const torch::Ten
   torch::Tensor x = tokens.to(at::kFloat);
   torch::Tensor aux = torch::zeros({}, x.options());
   // Recomputing pays only when a backward pass will follow. The last block
-  // always runs plainly: the backward pass starts with it, so recomputing it
-  // would rebuild at once the activations the forward pass just freed, and
-  // the peak, which holds one block's activations either way, stays put.
+  // runs plainly, because the backward pass starts with it: recomputing it
+  // would rebuild at once the activations just freed, for no lower peak.
   const bool recompute = rematerialize && torch::GradMode::is_enabled();
   for (size_t layer = 0; layer < blocks_.size(); ++layer) {
     BlockOutput out;

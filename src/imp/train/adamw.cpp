@@ -83,7 +83,7 @@ struct Slice {
 };
 
 // Elements per slice: 1 MiB of each array.
-constexpr int64_t kChunk = 1 << 18;
+constexpr int64_t kSliceElements = 1 << 18;
 // Below this many elements in all, one thread updates everything: starting
 // threads would cost more than they save.
 constexpr int64_t kParallelElements = 1 << 20;
@@ -92,12 +92,14 @@ constexpr int64_t kParallelElements = 1 << 20;
 // (this thread and the rest started here), each taking the next slice from a
 // shared counter. at::parallel_for would not do: its OpenMP loop is compiled
 // into the caller, and imp is built without OpenMP, so it ran on one thread.
-void update_slices(const std::vector<Slice>& slices, int64_t elements) {
+void update_slices(const std::vector<Slice>& slices) {
+  int64_t elements = 0;
+  for (const Slice& slice : slices) elements += slice.end - slice.begin;
   std::atomic<size_t> next{0};
   auto work = [&]() {
     for (size_t i = next++; i < slices.size(); i = next++) {
-      const Slice& s = slices[i];
-      update_range(s.u, s.p, s.g, s.m, s.v, s.begin, s.end);
+      const Slice& slice = slices[i];
+      update_range(slice.u, slice.p, slice.g, slice.m, slice.v, slice.begin, slice.end);
     }
   };
   const int threads = elements < kParallelElements ? 1 : std::max(1, at::get_num_threads());
@@ -153,7 +155,6 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
   }
   torch::NoGradGuard no_grad;
   std::vector<Slice> slices;
-  int64_t elements = 0;
   for (auto& group : param_groups()) {
     const auto& options = static_cast<const AdamWOptions&>(group.options());
     const double beta1 = std::get<0>(options.betas()), beta2 = std::get<1>(options.betas());
@@ -179,15 +180,14 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       slice.g = slice.grad.data_ptr<float>();
       slice.m = state.exp_avg().data_ptr<float>();
       slice.v = state.exp_avg_sq().data_ptr<float>();
-      for (int64_t begin = 0; begin < parameter.numel(); begin += kChunk) {
+      for (int64_t begin = 0; begin < parameter.numel(); begin += kSliceElements) {
         slice.begin = begin;
-        slice.end = std::min<int64_t>(parameter.numel(), begin + kChunk);
+        slice.end = std::min<int64_t>(parameter.numel(), begin + kSliceElements);
         slices.push_back(slice);
-        elements += slice.end - slice.begin;
       }
     }
   }
-  update_slices(slices, elements);
+  update_slices(slices);
   return loss;
 }
 
